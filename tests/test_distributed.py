@@ -1,0 +1,88 @@
+"""Distributed equivalence (SPEC §3): 2 gloo processes, each with half of a batch, give the loss and the
+(DDP-averaged) text-tower gradients of one process holding the whole batch."""
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import open_clip_simzss
+from open_clip_simzss.loss import SimZSSLoss, total_loss
+
+WORLD = 2
+BATCH = 6
+CAPTIONS = [
+    "a cat on a mat", "a dog and a dog", "a red bus near a tree", "nothing here",
+    "two tennis rackets", "a man riding a horse on the beach",
+]
+# (caption, token positions, concept id); rank 0 holds captions 0-2 (4 concepts), rank 1 captions 3-5 (2)
+CONCEPTS = [(0, [2], 3), (0, [5], 8), (1, [2], 1), (2, [3, 4], 2), (4, [2, 3], 9), (5, [3], 1), (5, [6, 7], 4)]
+
+
+def make_batch(start=0, stop=BATCH):
+    torch.manual_seed(7)
+    tok = open_clip_simzss.get_tokenizer("simzss-tiny")
+    images = torch.randn(BATCH, 3, 112, 112)
+    text = tok(CAPTIONS)
+    rows = [c for c in CONCEPTS if start <= c[0] < stop]
+    mask = torch.zeros(len(rows), text.shape[1], dtype=torch.bool)
+    for i, (_, positions, _) in enumerate(rows):
+        mask[i, positions] = True
+    return dict(
+        image=images[start:stop], text=text[start:stop],
+        concept_ids=torch.tensor([c[2] for c in rows], dtype=torch.long),
+        concept_image_index=torch.tensor([c[0] - start for c in rows], dtype=torch.long),
+        concept_token_mask=mask,
+    )
+
+
+def loss_and_grads(batch, **loss_kwargs):
+    torch.manual_seed(0)
+    model = open_clip_simzss.create_model("simzss-tiny")
+    losses = SimZSSLoss(lambda_concept=0.5, **loss_kwargs)(**model(**batch))
+    loss = total_loss(losses)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), losses["concept_loss"].detach(), grads
+
+
+def _worker(rank, port, local_loss, out_path):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        half = BATCH // WORLD
+        loss, concept, grads = loss_and_grads(
+            make_batch(rank * half, (rank + 1) * half),
+            local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=WORLD,
+        )
+        # what DDP does: average the gradients (and, for the log, the losses) over ranks
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= WORLD
+        for t in (loss, concept):
+            dist.all_reduce(t)
+            t /= WORLD
+        if rank == 0:
+            torch.save({"loss": loss, "concept": concept, "grads": grads}, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_two_processes_equal_one(tmp_path, local_loss):
+    loss, concept, grads = loss_and_grads(make_batch())
+    assert concept.item() > 0
+    out_path = tmp_path / "rank0.pt"
+    mp.spawn(_worker, args=(_free_port(), local_loss, str(out_path)), nprocs=WORLD, join=True)
+    result = torch.load(out_path, weights_only=True)
+    assert result["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
+    assert result["concept"].item() == pytest.approx(concept.item(), abs=1e-5)
+    assert result["grads"].keys() == grads.keys()
+    for name, g in grads.items():
+        assert torch.allclose(result["grads"][name], g, atol=1e-5), name
