@@ -1,0 +1,252 @@
+"""Training data: img2dataset WebDataset shards (``jpg``, ``txt``, optional ``concepts.json``) to SimZSS batches.
+
+The pipeline is OpenCLIP's (``open_clip_train.data``: shard resampling, deterministic shard shuffle, split by
+node and worker, ``with_epoch`` rounding) with two SimZSS additions:
+
+* every sample carries its caption's concepts: read from ``concepts.json`` (written by
+  ``python -m open_clip_simzss.preprocess``) or extracted on the fly with spaCy in the loader workers; the
+  two give the same result because both come from ``ConceptExtractor.annotate``;
+* a batch is ``(images, texts, concepts)`` where ``concepts`` holds the flat tensors ``SimZSS.forward`` takes:
+  ``concept_ids [M]``, ``concept_image_index [M]``, ``concept_token_mask [M, L]``.
+
+Corrupt samples (undecodable image or caption, missing field) are skipped and counted, never crash a run;
+each batch carries its worker's running count so the trainer can log the exact total. A sample whose
+``concepts.json`` is malformed keeps its image and caption but no concepts (counted too), so SimZSS and LiT
+runs see the same samples in the same order.
+"""
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import webdataset as wds
+from PIL import Image
+from open_clip_train.data import (
+    _SAMPLE_SHUFFLE_INITIAL, _SAMPLE_SHUFFLE_SIZE, _SHARD_SHUFFLE_INITIAL, _SHARD_SHUFFLE_SIZE,
+    DataInfo, ResampledShards2, SharedEpoch, detshuffle2, expand_urls, get_dataset_size, tarfile_to_samples_nothrow,
+)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+CONCEPTS_KEY = "concepts.json"
+
+
+@dataclass
+class SampleCounter:
+    """Per-worker counts of what the pipeline had to skip or repair."""
+    skipped: int = 0
+    bad_concepts: int = 0
+    reasons: Dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, key: str):
+        self.skipped += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        logging.warning(f"skipped sample {key!r}: {reason} ({self.skipped} skipped so far in this worker)")
+
+
+def concepts_to_rows(annotation: dict, context_length: int) -> List[tuple]:
+    """(id, positions) of each concept of a ``concepts.json`` dict; validates types, drops truncated ones."""
+    rows = []
+    for concept in annotation["concepts"]:
+        cid, positions = int(concept["id"]), [int(p) for p in concept["positions"]]
+        if not positions:
+            continue
+        if min(positions) < 1 or max(positions) >= context_length - 1:
+            continue  # position 0 is the start token, the last one is EOT after truncation
+        rows.append((cid, positions))
+    return rows
+
+
+def collate_concepts(rows_per_sample: List[List[tuple]], context_length: int) -> Dict[str, torch.Tensor]:
+    """Flat concept tensors of a batch from each sample's (id, positions) rows."""
+    ids, image_index, positions = [], [], []
+    for i, rows in enumerate(rows_per_sample):
+        for cid, pos in rows:
+            ids.append(cid)
+            image_index.append(i)
+            positions.append(pos)
+    mask = torch.zeros(len(ids), context_length, dtype=torch.bool)
+    for m, pos in enumerate(positions):
+        mask[m, pos] = True
+    return {
+        "concept_ids": torch.tensor(ids, dtype=torch.long),
+        "concept_image_index": torch.tensor(image_index, dtype=torch.long),
+        "concept_token_mask": mask,
+    }
+
+
+class SampleDecoder:
+    """Raw WebDataset sample -> (image tensor, token ids, concept rows); counts what it skips."""
+
+    def __init__(self, preprocess_img: Callable, tokenizer, with_concepts: bool, extractor_factory=None,
+                 force_on_the_fly: bool = False):
+        self.preprocess_img = preprocess_img
+        self.tokenizer = tokenizer
+        self.context_length = tokenizer.context_length
+        self.with_concepts = with_concepts
+        self.extractor_factory = extractor_factory
+        self.force_on_the_fly = force_on_the_fly
+        self._extractor = None
+        self.counter = SampleCounter()
+
+    @property
+    def extractor(self):
+        if self._extractor is None:  # loaded lazily, once per loader worker
+            self._extractor = self.extractor_factory()
+        return self._extractor
+
+    def concept_rows(self, sample: dict, caption: str) -> List[tuple]:
+        if not self.with_concepts:
+            return []
+        key = sample.get("__key__", "?")
+        if CONCEPTS_KEY in sample and not self.force_on_the_fly:
+            try:
+                return concepts_to_rows(json.loads(sample[CONCEPTS_KEY]), self.context_length)
+            except (ValueError, KeyError, TypeError) as e:
+                self.counter.bad_concepts += 1
+                logging.warning(f"sample {key!r}: malformed {CONCEPTS_KEY} ({e}); training it without concepts")
+                return []
+        if self.extractor_factory is None:
+            return []
+        return concepts_to_rows(self.extractor.annotate(caption), self.context_length)
+
+    def __call__(self, source):
+        for sample in source:
+            key = sample.get("__key__", "?")
+            image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+            if image_key is None or "txt" not in sample:
+                self.counter.skip("no image or no caption", key)
+                continue
+            try:
+                caption = sample["txt"].decode("utf-8")
+            except UnicodeDecodeError:
+                self.counter.skip("caption is not UTF-8", key)
+                continue
+            try:
+                with Image.open(io.BytesIO(sample[image_key])) as img:
+                    image = self.preprocess_img(img.convert("RGB"))
+            except Exception as e:  # PIL raises many types for broken files
+                self.counter.skip(f"image does not decode ({type(e).__name__})", key)
+                continue
+            tokens = self.tokenizer([caption])[0]
+            yield image, tokens, self.concept_rows(sample, caption)
+
+
+class Batcher:
+    """Groups decoded samples into (images, texts, concepts, skipped) batches."""
+
+    def __init__(self, batch_size: int, context_length: int, decoder: SampleDecoder, partial: bool):
+        self.batch_size, self.context_length, self.decoder, self.partial = batch_size, context_length, decoder, partial
+
+    def _chunks(self, source):
+        chunk = []
+        for sample in source:
+            chunk.append(sample)
+            if len(chunk) == self.batch_size:
+                yield chunk
+                chunk = []
+        if chunk and self.partial:
+            yield chunk
+
+    def __call__(self, source):
+        for chunk in self._chunks(source):
+            images = torch.stack([s[0] for s in chunk])
+            texts = torch.stack([s[1] for s in chunk])
+            concepts = collate_concepts([s[2] for s in chunk], self.context_length)
+            info = torch.utils.data.get_worker_info()
+            worker = info.id if info is not None else 0
+            counts = torch.tensor([worker, self.decoder.counter.skipped, self.decoder.counter.bad_concepts])
+            yield images, texts, concepts, counts
+
+
+def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor: bool = False, tokenizer=None,
+                    with_concepts: bool = True, extractor_factory=None, force_on_the_fly: bool = False) -> DataInfo:
+    """OpenCLIP's WebDataset loader (same resampling, shuffling and epoch rounding) yielding SimZSS batches.
+
+    Training batches are ``(images, texts, concepts, counts)``; evaluation batches are ``(images, texts)`` as
+    OpenCLIP's ``evaluate`` expects.
+    """
+    input_shards = args.train_data if is_train else args.val_data
+    resampled = getattr(args, "dataset_resampled", False) and is_train
+    num_shards = None
+    if is_train:
+        if args.train_num_samples is not None:
+            num_samples = args.train_num_samples
+        else:
+            num_samples, num_shards = get_dataset_size(input_shards)
+            if not num_samples:
+                raise ValueError("the number of training samples is unknown: pass --train-num-samples")
+    else:
+        num_samples = args.val_num_samples or 0
+    shared_epoch = SharedEpoch(epoch=epoch)
+    if resampled:
+        pipeline = [ResampledShards2(input_shards, weights=args.train_data_upsampling_factors, deterministic=True,
+                                     epoch=shared_epoch)]
+    else:
+        pipeline = [wds.SimpleShardList(input_shards)]
+    if is_train:
+        if not resampled:
+            pipeline += [
+                detshuffle2(bufsize=_SHARD_SHUFFLE_SIZE, initial=_SHARD_SHUFFLE_INITIAL, seed=args.seed,
+                            epoch=shared_epoch),
+                wds.split_by_node,
+                wds.split_by_worker,
+            ]
+        pipeline += [tarfile_to_samples_nothrow,
+                     wds.shuffle(bufsize=_SAMPLE_SHUFFLE_SIZE, initial=_SAMPLE_SHUFFLE_INITIAL)]
+    else:
+        pipeline += [wds.split_by_worker, tarfile_to_samples_nothrow]
+
+    decoder = SampleDecoder(preprocess_img, tokenizer, with_concepts and is_train, extractor_factory,
+                            force_on_the_fly)
+    pipeline.append(decoder)
+    if is_train:
+        pipeline.append(Batcher(args.batch_size, tokenizer.context_length, decoder, partial=False))
+    else:
+        pipeline += [wds.map(lambda s: (s[0], s[1])), wds.batched(args.batch_size, partial=True)]
+    dataset = wds.DataPipeline(*pipeline)
+
+    if is_train:
+        if not resampled:
+            num_shards = num_shards or len(expand_urls(input_shards)[0])
+            if num_shards < args.workers * args.world_size:
+                raise ValueError(f"{num_shards} shards cannot feed {args.workers} workers x {args.world_size} "
+                                 "processes: use fewer --workers or --dataset-resampled")
+        round_fn = math.floor if floor else math.ceil
+        global_batch_size = args.batch_size * args.world_size
+        num_batches = round_fn(num_samples / global_batch_size)
+        num_workers = max(1, args.workers)
+        num_worker_batches = round_fn(num_batches / num_workers)
+        num_batches = num_worker_batches * num_workers
+        num_samples = num_batches * global_batch_size
+        dataset = dataset.with_epoch(num_worker_batches)
+    else:
+        num_batches = math.ceil(num_samples / args.batch_size)
+    dataloader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=args.workers,
+                               persistent_workers=args.workers > 0)
+    dataloader.num_batches = num_batches
+    dataloader.num_samples = num_samples
+    return DataInfo(dataloader=dataloader, shared_epoch=shared_epoch)
+
+
+class SkipTally:
+    """Totals of the per-worker running counts that training batches carry."""
+
+    def __init__(self):
+        self.skipped: Dict[int, int] = {}
+        self.bad_concepts: Dict[int, int] = {}
+
+    def update(self, counts: torch.Tensor):
+        worker, skipped, bad = (int(c) for c in counts)
+        self.skipped[worker] = max(self.skipped.get(worker, 0), skipped)
+        self.bad_concepts[worker] = max(self.bad_concepts.get(worker, 0), bad)
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def total_bad_concepts(self) -> int:
+        return sum(self.bad_concepts.values())

@@ -1,0 +1,285 @@
+"""Readers for the eight zero-shot segmentation benchmarks of SPEC §5, in their MMSeg-standard folder layouts
+(EVAL_PROTOCOL.md §2). No MMSeg needed: each reader lists (image, label) pairs in MMSeg's order and loads
+labels with Pillow as raw indices (palette PNGs give their indices, not colours; §1.1).
+
+Layouts, relative to a data root (MMSeg's ``data/`` folder; the dataset folder itself is accepted too):
+
+=============  ==========================  ==============================================================
+name           folder                      images / labels / list
+=============  ==========================  ==============================================================
+voc20, voc21   VOCdevkit/VOC2012           JPEGImages/*.jpg, SegmentationClass/*.png,
+                                           ImageSets/Segmentation/val.txt
+context59/60   VOCdevkit/VOC2010           JPEGImages/*.jpg, SegmentationClassContext/*.png,
+                                           ImageSets/SegmentationContext/val.txt
+coco_stuff     coco_stuff164k              images/val2017/*.jpg, annotations/val2017/*_labelTrainIds.png
+coco_object    coco_stuff164k              images/val2017/*.jpg, annotations/val2017/*_instanceTrainIds.png
+cityscapes     cityscapes                  leftImg8bit/val/*/*_leftImg8bit.png,
+                                           gtFine/val/*/*_gtFine_labelTrainIds.png
+ade20k         ade/ADEChallengeData2016    images/validation/*.jpg, annotations/validation/*.png
+=============  ==========================  ==============================================================
+
+Label conventions: ignore index 255; ``reduce_zero_label`` (voc20, context59, ade20k) maps 0 -> 255 and
+x -> x - 1 (§2 "Mechanics"); with-background sets (voc21, context60, coco_object) keep 0 = background.
+
+Text class names come from ``data/classnames/<name>.txt``: one class per line, synonyms separated by ", ",
+background never listed (it is not a text class, SPEC §5). See ``data/classnames/README.md`` for the choices.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+IGNORE_INDEX = 255
+CLASSNAMES_DIR = Path(__file__).parent / "data" / "classnames"
+# Tables 1-2 of the paper: the five sets without background, then the three with background.
+BENCHMARK_ORDER = ("voc20", "context59", "coco_stuff", "cityscapes", "ade20k", "context60", "coco_object", "voc21")
+PathLike = Union[str, Path]
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing or malformed; the message says which file was expected where."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str  # under the data root
+    img_dir: str
+    ann_dir: str
+    img_suffix: str
+    seg_suffix: str
+    split: Optional[str]  # list file under the folder; None: every image in img_dir, sorted by name
+    has_background: bool
+    reduce_zero_label: bool
+    recursive: bool = False
+    hint: str = ""
+
+    @property
+    def layout(self) -> str:
+        listing = self.split or f"all {self.img_dir}/{'**/' if self.recursive else ''}*{self.img_suffix}"
+        return (f"{self.folder}/{{{self.img_dir}/<id>{self.img_suffix}, {self.ann_dir}/<id>{self.seg_suffix}}}, "
+                f"list: {listing}")
+
+
+_VOC_HINT = "VOC2012 from host.robots.ox.ac.uk (VOCtrainval_11-May-2012.tar), extracted under VOCdevkit/"
+_CONTEXT_HINT = "see scripts/prepare_pascal_context.md"
+_COCO_HINT = "COCO-Stuff 164k prepared with MMSeg's tools/convert_datasets/coco_stuff.py"
+_COCO_OBJECT_HINT = "make the *_instanceTrainIds.png labels with scripts/convert_coco_object.py"
+_CITY_HINT = "Cityscapes prepared with cityscapesscripts' createTrainIdLabelImgs"
+_ADE_HINT = "ADEChallengeData2016.zip extracted under ade/"
+
+SPECS = {
+    "voc20": DatasetSpec("voc20", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
+                         "ImageSets/Segmentation/val.txt", False, True, hint=_VOC_HINT),
+    "voc21": DatasetSpec("voc21", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
+                         "ImageSets/Segmentation/val.txt", True, False, hint=_VOC_HINT),
+    "context59": DatasetSpec("context59", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg",
+                             ".png", "ImageSets/SegmentationContext/val.txt", False, True, hint=_CONTEXT_HINT),
+    "context60": DatasetSpec("context60", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg",
+                             ".png", "ImageSets/SegmentationContext/val.txt", True, False, hint=_CONTEXT_HINT),
+    "coco_stuff": DatasetSpec("coco_stuff", "coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg",
+                              "_labelTrainIds.png", None, False, False, hint=_COCO_HINT),
+    "coco_object": DatasetSpec("coco_object", "coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg",
+                               "_instanceTrainIds.png", None, True, False, hint=_COCO_OBJECT_HINT),
+    "cityscapes": DatasetSpec("cityscapes", "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
+                              "_gtFine_labelTrainIds.png", None, False, False, recursive=True, hint=_CITY_HINT),
+    "ade20k": DatasetSpec("ade20k", "ade/ADEChallengeData2016", "images/validation", "annotations/validation",
+                          ".jpg", ".png", None, False, True, hint=_ADE_HINT),
+}
+
+
+def list_datasets() -> List[str]:
+    """Benchmark names in the paper's column order (Tables 1-2)."""
+    return list(BENCHMARK_ORDER)
+
+
+def load_class_names(name_or_path: PathLike) -> List[List[str]]:
+    """A class-name file: one class per line, synonyms separated by ",", '#' comments and blank lines skipped.
+
+    ``name_or_path`` is a benchmark name (our shipped list) or the path of such a file.
+    """
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CLASSNAMES_DIR / f"{name_or_path}.txt"
+    if not path.is_file():
+        raise DatasetError(f"no class-name file {name_or_path!r} (expected a file, or one of "
+                           f"{', '.join(sorted(p.stem for p in CLASSNAMES_DIR.glob('*.txt')))})")
+    classes = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        classes.append([s.strip() for s in line.split(",") if s.strip()])
+    if not classes:
+        raise DatasetError(f"class-name file {path} lists no classes")
+    return classes
+
+
+def reduce_zero_label(label: np.ndarray) -> np.ndarray:
+    """MMSeg's reduce_zero_label: 0 -> 255 (ignored), x -> x - 1, and 255 stays 255."""
+    out = label.astype(np.int64) - 1
+    out[(label == 0) | (label == IGNORE_INDEX)] = IGNORE_INDEX
+    return out
+
+
+def read_label(path: PathLike, reduce_zero: bool = False) -> np.ndarray:
+    """A label PNG as raw indices [H, W] int64 (Pillow, palette indices not colours), reduce_zero_label applied."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise DatasetError(f"label {path} has mode {im.mode}; expected a single-channel index PNG "
+                                   "(palette 'P' or grey 'L'), not a colour rendering")
+            label = np.asarray(im).astype(np.int64)
+    except (OSError, SyntaxError) as e:
+        raise DatasetError(f"cannot read label {path}: {e}") from None
+    return reduce_zero_label(label) if reduce_zero else label
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """An image as RGB uint8 [H, W, 3]. The EXIF orientation is not applied: labels index the stored pixels."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+class SegmentationDataset:
+    """One benchmark split: ``items`` [(image path, label path)] in MMSeg order, class names, label rules.
+
+    ``dataset[i]`` -> (image RGB uint8 [H, W, 3], label int64 [H, W] with 255 = ignore). Label values are
+    0..num_classes-1: text class c is label c, or c + 1 when ``has_background`` (0 = background).
+    """
+
+    def __init__(self, spec: DatasetSpec, root: Path, items: List[Tuple[Path, Path]],
+                 class_names: List[List[str]]):
+        self.spec = spec
+        self.name = spec.name
+        self.root = root
+        self.items = items
+        self.class_names = class_names
+        self.has_background = spec.has_background
+        self.reduce_zero_label = spec.reduce_zero_label
+        self.ignore_index = IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        """Classes in the label space (text classes, plus background for with-background sets)."""
+        return len(self.class_names) + int(self.has_background)
+
+    @property
+    def label_names(self) -> List[str]:
+        """Display name of each label value (the first synonym), "background" first where there is one."""
+        names = [syns[0] for syns in self.class_names]
+        return ["background"] + names if self.has_background else names
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return read_image(self.items[index][0])
+
+    def load_label(self, index: int) -> np.ndarray:
+        return read_label(self.items[index][1], self.reduce_zero_label)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        return self.load_image(index), self.load_label(index)
+
+    def __repr__(self) -> str:
+        return (f"SegmentationDataset({self.name!r}, root={str(self.root)!r}, images={len(self)}, "
+                f"classes={self.num_classes}, background={self.has_background})")
+
+
+def _dataset_folder(spec: DatasetSpec, root: Path) -> Path:
+    if not root.is_dir():
+        raise DatasetError(f"{spec.name}: data root {root} does not exist")
+    # The MMSeg data root, or the dataset folder itself (or its parent, e.g. .../VOCdevkit).
+    for folder in (root / spec.folder, root / Path(spec.folder).name, root):
+        if (folder / spec.img_dir).is_dir():
+            return folder
+    raise DatasetError(f"{spec.name}: expected image folder {root / spec.folder / spec.img_dir} "
+                       f"(layout {spec.layout}; {spec.hint})")
+
+
+def _list_items(spec: DatasetSpec, folder: Path) -> List[Tuple[Path, Path]]:
+    img_dir, ann_dir = folder / spec.img_dir, folder / spec.ann_dir
+    if not ann_dir.is_dir():
+        raise DatasetError(f"{spec.name}: expected label folder {ann_dir} ({spec.hint})")
+    if spec.split:
+        split_file = folder / spec.split
+        if not split_file.is_file():
+            raise DatasetError(f"{spec.name}: expected split file {split_file} ({spec.hint})")
+        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise DatasetError(f"{spec.name}: split file {split_file} is empty")
+        items = [(img_dir / f"{i}{spec.img_suffix}", ann_dir / f"{i}{spec.seg_suffix}") for i in ids]
+        missing = [img for img, _ in items if not img.is_file()]
+        if missing:
+            raise DatasetError(f"{spec.name}: expected image {missing[0]} (listed in {split_file}; "
+                               f"{len(missing)} of {len(items)} images missing)")
+    else:
+        # MMSeg (custom.py load_annotations): scan img_dir for the suffix, sort by the relative file name.
+        pattern = f"**/*{spec.img_suffix}" if spec.recursive else f"*{spec.img_suffix}"
+        names = sorted(p.relative_to(img_dir).as_posix() for p in img_dir.glob(pattern) if p.is_file())
+        if not names:
+            raise DatasetError(f"{spec.name}: no *{spec.img_suffix} images in {img_dir}")
+        items = [(img_dir / n, ann_dir / (n[: -len(spec.img_suffix)] + spec.seg_suffix)) for n in names]
+    missing = [lbl for _, lbl in items if not lbl.is_file()]
+    if missing:
+        raise DatasetError(f"{spec.name}: expected label {missing[0]} ({len(missing)} of {len(items)} labels "
+                           f"missing; {spec.hint})")
+    return items
+
+
+def get_dataset(name: str, root: PathLike, class_names: Optional[Union[PathLike, Sequence]] = None
+                ) -> SegmentationDataset:
+    """The ``name`` benchmark (see ``list_datasets()``) under ``root``.
+
+    Args:
+        class_names: override the shipped class-name list: a file path or a list of names/synonym lists.
+    """
+    if name not in SPECS:
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    spec = SPECS[name]
+    folder = _dataset_folder(spec, Path(root).expanduser())
+    items = _list_items(spec, folder)
+    if class_names is None or isinstance(class_names, (str, Path)):
+        names = load_class_names(name if class_names is None else class_names)
+    else:
+        names = [[c] if isinstance(c, str) else list(c) for c in class_names]
+    expected = _NUM_TEXT_CLASSES[name]
+    if len(names) != expected:
+        raise DatasetError(f"{name}: {len(names)} class names given, the benchmark has {expected} text classes"
+                           + (" (background is not a text class: leave it out)" if spec.has_background else ""))
+    return SegmentationDataset(spec, folder, items, names)
+
+
+_NUM_TEXT_CLASSES = {"voc20": 20, "voc21": 20, "context59": 59, "context60": 59, "coco_stuff": 171,
+                     "coco_object": 80, "cityscapes": 19, "ade20k": 150}
+
+
+# --- COCO-Object from COCO-Stuff (EVAL_PROTOCOL.md §2, "COCO-Object conversion") ---------------------------
+# 0-indexed COCO-Stuff-164k label values of the 80 thing classes (COCO category id - 1; ids 12, 26, 29, 30, 45,
+# 66, 68, 69, 71, 83 and 91 are unused by COCO).
+COCO_THING_IDS = tuple(
+    [*range(0, 11), *range(12, 25), 26, 27, *range(30, 44), *range(45, 65), 66, 69, *range(71, 82),
+     *range(83, 90)]
+)
+
+
+def coco_object_lut() -> np.ndarray:
+    """Lookup table [256] uint8 from raw COCO-Stuff values to COCO-Object labels: the 80 things -> 1..80 in
+    order; stuff (91..181), unused thing ids and 255 (unlabelled) -> 0 = background. So COCO-Object has no
+    ignored pixel: unlabelled regions count as background, as in TCL's conversion."""
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[list(COCO_THING_IDS)] = np.arange(1, len(COCO_THING_IDS) + 1, dtype=np.uint8)
+    return lut
+
+
+def stuff_to_object(label: np.ndarray) -> np.ndarray:
+    """Convert a raw 0-indexed COCO-Stuff label map (uint8) to COCO-Object labels (see ``coco_object_lut``)."""
+    if label.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 COCO-Stuff label map, got {label.dtype}")
+    return coco_object_lut()[label]

@@ -1,0 +1,458 @@
+"""Zero-shot semantic segmentation with a SimZSS model (SPEC §5), following the TCL/MMSeg protocol of
+EVAL_PROTOCOL.md exactly, in plain PyTorch.
+
+Pipeline of :class:`ZeroShotSegmenter` (EVAL_PROTOCOL.md §1):
+
+1. the image (RGB uint8) is resized keeping its aspect ratio with MMSeg's ``img_scale=(2048, 448)`` rule
+   (:func:`rescale_size`), bilinearly without antialiasing and rounded back to uint8, as cv2 does (§1.2);
+2. it is normalised with the vision tower's own mean/std (SPEC §1);
+3. 448x448 windows with stride 224 are placed as MMSeg does (:func:`window_grid`, §1.3); the windows of one
+   image are encoded in batches;
+4. per window, the l2-normalised patch tokens are multiplied with the l2-normalised text classifier ->
+   patch-level cosine similarities, bilinearly upsampled to the window (optionally refined with PAMR), summed
+   into the stitched map and divided by the per-pixel window count (§1.3-1.4);
+5. the stitched map is resized bilinearly (align_corners=False) to the original image size and the label is
+   the argmax (§1.4).
+
+Score semantics
+---------------
+``logits(image)`` returns **cosine similarities** in [-1, 1]: for class c and pixel p, the bilinear
+interpolation (window -> stitched average -> original size) of ``<normalize(z_v(patch)), w_c>`` where ``w_c``
+is the class's unit-norm text embedding (§4: per-prompt normalised, averaged, renormalised). With
+``synonyms="max"`` the class score is the max over its synonyms' cosines, taken per patch.
+
+Background (EVAL_PROTOCOL.md §3). Background is not a text class. The *foreground confidence* of a pixel is
+computed from its full-resolution cosines, and the pixel is background when the confidence is **below** the
+threshold:
+
+- ``background_score="sigmoid"`` (Talk2DINO): confidence = sigmoid(max_c cos_c). A threshold t is the same as
+  "max cosine < logit(t)"; Talk2DINO's 0.55 means cos < 0.2007.
+- ``background_score="softmax"`` (SCLIP/ProxyCLIP/NACLIP): confidence = max_c softmax_c(s * cos), with
+  ``background_scale`` s (default 40, the SCLIP/ProxyCLIP/NACLIP value for most sets).
+
+This equals TCL/Talk2DINO's "prepend a constant bg_thresh channel and take the argmax" except on exact ties
+(there the constant channel wins; here a confidence equal to the threshold is foreground). With a threshold,
+``predict`` returns the MMSeg with-background convention: 0 = background, c + 1 = class c.
+"""
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+from .pamr import PAMR
+
+# --- prompt templates (data/TEMPLATES.md) ------------------------------------------------------------------
+# Stored as "{}" strings; open_clip's lambdas are called with the placeholder itself.
+_OPENAI80 = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+_SIMPLE7 = tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
+# TCL's sub_imagenet_template differs from open_clip's 7 in one prompt ("a bad photo of a {}.").
+_TCL7 = tuple("a bad photo of a {}." if t == "a bad photo of the {}." else t for t in _SIMPLE7)
+TEMPLATE_SETS = {
+    "openai80": _OPENAI80,  # CLIP's 80 ImageNet prompts: CLIP-DINOiser, SCLIP, NACLIP, ProxyCLIP; SPEC §5 default
+    "simple7": _SIMPLE7,  # open_clip SIMPLE_IMAGENET_TEMPLATES
+    "tcl7": _TCL7,  # TCL sub_imagenet_template, used by Talk2DINO
+    "tcl9": _TCL7 + ("a photo of many {}.", "a photo of {}s."),  # TCL's eval-time "custom" set
+    "photo1": ("a photo of a {}.",),
+    "name": ("{}",),  # the bare class name
+}
+DEFAULT_TEMPLATES = "openai80"
+BACKGROUND_SCORES = ("sigmoid", "softmax")
+DEFAULT_BACKGROUND_SCALE = 40.0
+ClassNames = Sequence[Union[str, Sequence[str]]]
+
+
+def get_templates(templates: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """A template set by name (``TEMPLATE_SETS``) or an explicit list of strings containing ``{}``."""
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            raise ValueError(f"unknown template set {templates!r}; available: {', '.join(TEMPLATE_SETS)}")
+        return TEMPLATE_SETS[templates]
+    templates = tuple(templates)
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError("templates must be a non-empty list of strings that contain '{}'")
+    return templates
+
+
+def _synonym_lists(class_names: ClassNames) -> List[List[str]]:
+    out = []
+    for entry in class_names:
+        names = [entry] if isinstance(entry, str) else list(entry)
+        names = [n.strip() for n in names if n and n.strip()]
+        if not names:
+            raise ValueError("every class needs at least one non-empty name")
+        out.append(names)
+    if not out:
+        raise ValueError("no class names given")
+    return out
+
+
+# --- text classifier (EVAL_PROTOCOL.md §4, SPEC §5) --------------------------------------------------------
+@dataclass
+class TextClassifier:
+    """Unit-norm text queries [Q, d] and the class of each query. Q == C unless ``synonyms="max"``."""
+
+    weights: torch.Tensor
+    query_class: torch.Tensor
+    num_classes: int
+
+    def to(self, device) -> "TextClassifier":
+        return TextClassifier(self.weights.to(device), self.query_class.to(device), self.num_classes)
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine scores [..., C] of unit-norm features [..., d] (max over a class's queries)."""
+        sims = features @ self.weights.t()
+        if self.weights.shape[0] == self.num_classes:
+            return sims
+        index = self.query_class.expand_as(sims)
+        out = sims.new_full(sims.shape[:-1] + (self.num_classes,), -math.inf)
+        return out.scatter_reduce_(-1, index, sims, reduce="amax")
+
+
+@torch.no_grad()
+def build_text_classifier(
+        model,
+        tokenizer,
+        class_names: ClassNames,
+        templates: Union[str, Sequence[str]] = DEFAULT_TEMPLATES,
+        synonyms: str = "mean",
+        batch_size: int = 256,
+        device=None,
+) -> TextClassifier:
+    """The zero-shot classifier of SPEC §5: every class name and synonym in every template, encoded
+    (``model.encode_text`` = g(EOS)), normalised per prompt, averaged, renormalised (CLIP's recipe, as
+    CLIP-DINOiser and SCLIP do; EVAL_PROTOCOL.md §4).
+
+    Args:
+        class_names: one entry per class: a name, or a list of synonyms.
+        synonyms: "mean" averages the prompts of all synonyms into one vector per class; "max" keeps one vector
+            per synonym and scores a class by its best synonym (the SCLIP idea, applied per patch).
+    """
+    if synonyms not in ("mean", "max"):
+        raise ValueError(f"synonyms must be 'mean' or 'max', got {synonyms!r}")
+    names = _synonym_lists(class_names)
+    templates = get_templates(templates)
+    prompts, group = [], []  # group: the query each prompt is averaged into
+    query_class = []
+    for c, syns in enumerate(names):
+        for s, name in enumerate(syns):
+            if synonyms == "max" or s == 0:
+                query_class.append(c)
+            prompts += [t.replace("{}", name) for t in templates]
+            group += [len(query_class) - 1] * len(templates)
+    if device is None:
+        device = next(model.parameters()).device
+    sums = None
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start: start + batch_size]).to(device)
+        feats = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        if sums is None:
+            sums = torch.zeros(len(query_class), feats.shape[-1], device=device)
+        sums.index_add_(0, torch.as_tensor(group[start: start + batch_size], device=device), feats)
+    weights = F.normalize(sums, dim=-1)  # the mean's direction: renormalising makes the 1/n irrelevant
+    return TextClassifier(weights, torch.as_tensor(query_class, device=device), len(names))
+
+
+# --- geometry (EVAL_PROTOCOL.md §1.2-1.3) -------------------------------------------------------------------
+def rescale_size(height: int, width: int, short_side: int = 448, max_long_side: int = 2048) -> Tuple[int, int]:
+    """MMSeg/mmcv keep-ratio rescale for ``img_scale=(max_long_side, short_side)`` (§1.2).
+
+    f = min(max_long_side / long side, short_side / short side); new size = int(x * f + 0.5).
+    500x375 (WxH) -> 597x448; 2048x1024 -> 896x448. Small images are enlarged too.
+    """
+    f = min(max_long_side / max(height, width), short_side / min(height, width))
+    return int(height * f + 0.5), int(width * f + 0.5)
+
+
+def window_grid(height: int, width: int, window: int = 448, stride: int = 224) -> List[Tuple[int, int, int, int]]:
+    """MMSeg's slide-inference windows (y1, y2, x1, x2) over an image of height x width (§1.3).
+
+    n = max(size - window + stride - 1, 0) // stride + 1 per axis; a window crossing the border is moved back
+    inside; an image smaller than the window gives one window that is the whole image (no padding).
+    """
+    if window < 1 or stride < 1:
+        raise ValueError("window and stride must be positive")
+    rows = max(height - window + stride - 1, 0) // stride + 1
+    cols = max(width - window + stride - 1, 0) // stride + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + window, height), min(c * stride + window, width)
+            boxes.append((max(y2 - window, 0), y2, max(x2 - window, 0), x2))
+    return boxes
+
+
+def resize_image_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR)-like resize of uint8 pixels [3, H, W]: bilinear, half-pixel centres, no
+    antialiasing, rounded and clamped back to the uint8 range (returned as float) (§1.2)."""
+    image = image.float()
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+    return out.round_().clamp_(0, 255)
+
+
+def _bilinear_taps(n_in: int, n_out: int, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Source taps of 1-D bilinear resizing with align_corners=False, computed as PyTorch does (float32,
+    # negative source coordinates clamped to 0), so a row band of the output can be produced on its own.
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    w1 = src - i0.float()
+    return i0.to(device), i1.to(device), w1.to(device)
+
+
+def to_uint8_image(image) -> torch.Tensor:
+    """PIL image, uint8 numpy array or uint8 tensor -> uint8 tensor [3, H, W].
+
+    Numpy arrays are read as [H, W, 3] (``np.asarray(pil_image)``) and tensors as [3, H, W]
+    (``torchvision.io.read_image``); the other layout is accepted when the shape is unambiguous. Grey images
+    are repeated to 3 channels, alpha is dropped. Float images are refused: their range (0..1 or 0..255) would
+    be a guess.
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image array, got {image.dtype}")
+        if image.ndim == 3 and (image.shape[-1] in (3, 4) or image.shape[0] not in (1, 3, 4)):
+            image = image.transpose(2, 0, 1)  # HWC -> CHW
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    elif isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] not in (1, 3, 4) and image.shape[-1] in (1, 3, 4):
+            image = image.permute(2, 0, 1)  # HWC -> CHW
+    else:
+        raise TypeError(f"expected a PIL image, numpy array or tensor, got {type(image).__name__}")
+    if image.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"expected an image [3, H, W], got shape {tuple(image.shape)}")
+    if image.shape[0] == 1:
+        return image.expand(3, -1, -1)
+    return image[:3]
+
+
+def confidence_from_scores(max_cos: torch.Tensor, sum_exp: Optional[torch.Tensor], background_score: str
+                           ) -> torch.Tensor:
+    """Foreground confidence from the max cosine and (softmax) sum_c exp(s * (cos_c - max_cos))."""
+    if background_score == "sigmoid":
+        return torch.sigmoid(max_cos)
+    return sum_exp.reciprocal()
+
+
+def foreground_confidence(logits: torch.Tensor, background_score: str = "sigmoid",
+                          background_scale: float = DEFAULT_BACKGROUND_SCALE) -> torch.Tensor:
+    """Foreground confidence [H, W] of cosine logits [C, H, W] (module docstring, "Score semantics")."""
+    if background_score == "sigmoid":
+        return torch.sigmoid(logits.max(dim=0).values)
+    if background_score == "softmax":
+        return torch.softmax(background_scale * logits, dim=0).max(dim=0).values
+    raise ValueError(f"background_score must be one of {BACKGROUND_SCORES}, got {background_score!r}")
+
+
+def apply_background(labels: torch.Tensor, confidence: torch.Tensor, threshold: float) -> torch.Tensor:
+    """MMSeg with-background labels: 0 where confidence < threshold, else foreground label + 1 (§3)."""
+    return torch.where(confidence < threshold, torch.zeros_like(labels), labels + 1)
+
+
+def _model_device_dtype(model) -> Tuple[torch.device, torch.dtype]:
+    try:
+        p = next(model.visual.parameters())
+        return p.device, p.dtype
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu"), torch.float32
+
+
+class ZeroShotSegmenter:
+    """Zero-shot segmentation of one image at a time under the TCL/MMSeg protocol (module docstring).
+
+    Args:
+        model: a SimZSS model (``encode_dense``, ``encode_text``, ``visual.patch_size``).
+        tokenizer: the model's OpenCLIP tokenizer.
+        class_names: the text classes (background excluded), each a name or a list of synonyms.
+        templates: a template set name (``TEMPLATE_SETS``) or a list of "{}" strings; default "openai80".
+        short_side, max_long_side: MMSeg ``img_scale=(max_long_side, short_side)``, keep ratio (§1.2).
+        window, stride: slide inference crop and stride (§1.3).
+        background_threshold: None (never predict background) or the threshold on the foreground confidence.
+        background_score: "sigmoid" or "softmax" (see "Score semantics"); background_scale: s of the softmax.
+        pamr: refine each window's upsampled scores with PAMR (10 iterations, dilations 1..24).
+        synonyms: "mean" or "max" (see :func:`build_text_classifier`).
+        window_batch_size: windows encoded per forward (bounds the vision tower's memory).
+        device: where inference runs (default: the model's device).
+        mean, std: image normalisation (default: the tower's own, ``open_clip.get_model_preprocess_cfg``).
+        max_chunk_elements: bound on the elements of one band of full-resolution scores in ``predict``.
+    """
+
+    def __init__(
+            self,
+            model,
+            tokenizer,
+            class_names: ClassNames,
+            templates: Union[str, Sequence[str]] = DEFAULT_TEMPLATES,
+            short_side: int = 448,
+            max_long_side: int = 2048,
+            window: int = 448,
+            stride: int = 224,
+            background_threshold: Optional[float] = None,
+            background_score: str = "sigmoid",
+            background_scale: float = DEFAULT_BACKGROUND_SCALE,
+            pamr: bool = False,
+            synonyms: str = "mean",
+            window_batch_size: int = 4,
+            device=None,
+            mean: Optional[Sequence[float]] = None,
+            std: Optional[Sequence[float]] = None,
+            text_batch_size: int = 256,
+            max_chunk_elements: int = 1 << 24,
+    ):
+        if background_score not in BACKGROUND_SCORES:
+            raise ValueError(f"background_score must be one of {BACKGROUND_SCORES}, got {background_score!r}")
+        if min(short_side, max_long_side, window, stride, window_batch_size) < 1:
+            raise ValueError("sizes, stride and window_batch_size must be positive")
+        self.model = model
+        model_device, self.dtype = _model_device_dtype(model)
+        self.device = torch.device(device) if device is not None else model_device
+        self.patch_size = int(model.visual.patch_size)
+        self.short_side, self.max_long_side = int(short_side), int(max_long_side)
+        self.window, self.stride = int(window), int(stride)
+        self.background_threshold = background_threshold
+        self.background_score = background_score
+        self.background_scale = float(background_scale)
+        self.window_batch_size = int(window_batch_size)
+        self.max_chunk_elements = int(max_chunk_elements)
+        self.pamr = PAMR() if pamr else None
+        self.class_names = _synonym_lists(class_names)
+        self.templates = get_templates(templates)
+        if mean is None or std is None:
+            import open_clip
+            cfg = open_clip.get_model_preprocess_cfg(model)
+            if "mean" not in cfg or "std" not in cfg:
+                raise ValueError("the model has no preprocess mean/std: pass mean= and std=")
+            mean = cfg["mean"] if mean is None else mean
+            std = cfg["std"] if std is None else std
+        # Pixels stay in the 0..255 range until normalisation, as in MMSeg (resize on uint8, then Normalize).
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1) * 255.0
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        self.classifier = build_text_classifier(
+            model, tokenizer, self.class_names, self.templates, synonyms, text_batch_size, self.device,
+        )
+        if was_training:
+            model.train()
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.num_classes
+
+    # --- preprocessing -----------------------------------------------------------------------------------
+    def resized_size(self, height: int, width: int) -> Tuple[int, int]:
+        return rescale_size(height, width, self.short_side, self.max_long_side)
+
+    def preprocess(self, image) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Image -> (normalised resized image [3, h, w] float32 on the device, original (H, W))."""
+        pixels = to_uint8_image(image)
+        size = tuple(pixels.shape[-2:])
+        resized = resize_image_uint8(pixels.to(self.device), self.resized_size(*size))
+        return (resized - self.mean) / self.std, size
+
+    # --- dense scores --------------------------------------------------------------------------------------
+    def _patch_scores(self, crops: torch.Tensor) -> torch.Tensor:
+        """Windows [N, 3, h, w] -> patch-level cosine scores [N, C, h/p, w/p]."""
+        tokens = self.model.encode_dense(crops.to(self.dtype), normalize=False)
+        tokens = F.normalize(tokens.float(), dim=-1)
+        return self.classifier.scores(tokens).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def stitched_logits(self, normalized: torch.Tensor) -> torch.Tensor:
+        """Slide inference on a normalised resized image [3, h, w] -> averaged cosine map [C, h, w] (§1.3)."""
+        height, width = normalized.shape[-2:]
+        boxes = window_grid(height, width, self.window, self.stride)
+        crop_h, crop_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]  # all windows have one size
+        p = self.patch_size
+        # A crop that is not a multiple of the patch size (only when the image is smaller than the window and
+        # its side is odd-sized) is padded with the mean colour (0 after normalisation) at the bottom/right;
+        # its patch scores are upsampled to the padded size and the padding is cut off again.
+        pad_h, pad_w = -crop_h % p, -crop_w % p
+        stitched = torch.zeros(self.num_classes, height, width, device=self.device)
+        count = torch.zeros(1, height, width, device=self.device)
+        for start in range(0, len(boxes), self.window_batch_size):
+            batch = boxes[start: start + self.window_batch_size]
+            crops = torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in batch])
+            if pad_h or pad_w:
+                crops = F.pad(crops, (0, pad_w, 0, pad_h))
+            scores = self._patch_scores(crops)
+            for i, (y1, y2, x1, x2) in enumerate(batch):
+                # One window at a time: a batch of C x 448 x 448 maps would be C/3 times the size of the images.
+                up = F.interpolate(scores[i: i + 1], size=(crop_h + pad_h, crop_w + pad_w), mode="bilinear",
+                                   align_corners=False)[:, :, :crop_h, :crop_w]
+                if self.pamr is not None:
+                    up = self.pamr(crops[i: i + 1, :, :crop_h, :crop_w], up)
+                stitched[:, y1:y2, x1:x2] += up[0]
+                count[:, y1:y2, x1:x2] += 1
+        return stitched.div_(count)
+
+    @torch.no_grad()
+    def logits(self, image) -> torch.Tensor:
+        """Cosine scores [C, H, W] at the original image size (see "Score semantics").
+
+        Memory is C x H x W floats; for labels only, ``predict`` works in bounded row bands instead.
+        """
+        normalized, size = self.preprocess(image)
+        stitched = self.stitched_logits(normalized)
+        if tuple(stitched.shape[-2:]) == size:
+            return stitched
+        return F.interpolate(stitched[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    @torch.no_grad()
+    def predict_foreground(self, image, with_confidence: bool = True
+                           ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(argmax over the text classes [H, W] int64, foreground confidence [H, W] float32 or None).
+
+        Equivalent to ``logits(image).argmax(0)`` and ``foreground_confidence(logits(image), ...)``, but the
+        full-resolution scores are produced band by band (at most ``max_chunk_elements`` floats at a time).
+        """
+        normalized, size = self.preprocess(image)
+        return self.reduce_to_size(self.stitched_logits(normalized), size, with_confidence)
+
+    def reduce_to_size(self, stitched: torch.Tensor, size: Tuple[int, int], with_confidence: bool = True
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Bilinear resize of [C, h, w] to ``size`` (§1.4) fused with the argmax and the confidence."""
+        num_classes, h, w = stitched.shape
+        out_h, out_w = size
+        rows0, rows1, row_w = _bilinear_taps(h, out_h, stitched.device)
+        cols0, cols1, col_w = _bilinear_taps(w, out_w, stitched.device)
+        labels = torch.empty(out_h, out_w, dtype=torch.long, device=stitched.device)
+        confidence = torch.empty(out_h, out_w, device=stitched.device) if with_confidence else None
+        band = max(1, self.max_chunk_elements // max(1, num_classes * max(out_w, w)))
+        softmax = with_confidence and self.background_score == "softmax"
+        for r in range(0, out_h, band):
+            sl = slice(r, min(r + band, out_h))
+            wy = row_w[sl].view(1, -1, 1)
+            rows = torch.lerp(stitched[:, rows0[sl]], stitched[:, rows1[sl]], wy)  # [C, b, w]
+            scores = torch.lerp(rows[:, :, cols0], rows[:, :, cols1], col_w)  # [C, b, out_w]
+            best, labels[sl] = scores.max(dim=0)
+            if with_confidence:
+                sum_exp = None
+                if softmax:
+                    sum_exp = scores.sub_(best).mul_(self.background_scale).exp_().sum(dim=0)
+                confidence[sl] = confidence_from_scores(best, sum_exp, self.background_score)
+        return labels, confidence
+
+    @torch.no_grad()
+    def predict(self, image) -> torch.Tensor:
+        """Label map [H, W] int64 at the original size: class indices 0..C-1 without a background threshold;
+        with one, 0 = background and c + 1 = class c (MMSeg with-background sets)."""
+        with_bg = self.background_threshold is not None
+        labels, confidence = self.predict_foreground(image, with_confidence=with_bg)
+        if not with_bg:
+            return labels
+        return apply_background(labels, confidence, self.background_threshold)

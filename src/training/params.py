@@ -1,0 +1,79 @@
+"""Command-line flags: OpenCLIP's (``open_clip_train.params``) plus SimZSS's own.
+
+SimZSS flags are parsed first and removed, the rest goes to OpenCLIP's parser unchanged, so every OpenCLIP flag
+keeps its meaning. Combinations this trainer cannot honour are refused with a one-line reason.
+"""
+import argparse
+import sys
+
+from open_clip_train.params import parse_args as parse_open_clip_args
+
+
+def simzss_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False, description="SimZSS options (besides OpenCLIP's)")
+    group = parser.add_argument_group("SimZSS")
+    group.add_argument("--lambda-concept", type=float, default=0.05,
+                       help="weight λ of the concept loss (Eq. 10); 0 trains LiT under the same conditions")
+    group.add_argument("--concept-tau", type=float, default=0.1,
+                       help="temperature τ of the softmax over patches that pools visual concepts (Eq. 3)")
+    group.add_argument("--concept-temperature", type=float, default=0.07,
+                       help="temperature T of the concept classifier (Eq. 8)")
+    group.add_argument("--concept-bank", default="default",
+                       help="concept bank for on-the-fly extraction: 'default', 'none' or a file (one per line)")
+    group.add_argument("--spacy-model", default="en_core_web_sm",
+                       help="spaCy pipeline for on-the-fly extraction (the paper used en_core_web_trf)")
+    group.add_argument("--concept-source", choices=["auto", "shards", "spacy"], default="auto",
+                       help="auto: concepts.json from the shards when present, else spaCy in the loader workers; "
+                            "shards: concepts.json only; spacy: always extract on the fly")
+    group.add_argument("--vision-weights", default=None,
+                       help="local weights file for the vision tower (timm or original DINOv2 format); "
+                            "default $SIMZSS_VISION_WEIGHTS, else --pretrained-image downloads them with timm")
+    return parser
+
+
+class ArgumentError(ValueError):
+    """A flag combination this trainer refuses; the message is the one line shown to the user."""
+
+
+def validate(args):
+    if args.accum_freq != 1:
+        raise ArgumentError("--accum-freq > 1 is not supported: concepts are tied to their batch")
+    if args.siglip:
+        raise ArgumentError("--siglip is not supported: SimZSS uses the CLIP (softmax) global loss")
+    if args.distill_model or args.distill_pretrained:
+        raise ArgumentError("--distill-model/--distill-pretrained are not supported by SimZSS")
+    if args.trace or args.torchscript:
+        raise ArgumentError("--trace/--torchscript are not supported for SimZSS models")
+    if args.use_bnb_linear:
+        raise ArgumentError("--use-bnb-linear is not supported for SimZSS models")
+    if args.horovod and args.lambda_concept > 0:
+        raise ArgumentError("--horovod only trains LiT (--lambda-concept 0): the concept loss gathers with "
+                            "torch.distributed")
+    if args.lock_image_unlocked_groups:
+        raise ArgumentError("--lock-image-unlocked-groups: SimZSS keeps the whole vision tower frozen")
+    if args.train_data and args.dataset_type not in ("webdataset", "auto"):
+        raise ArgumentError(f"--dataset-type {args.dataset_type}: SimZSS trains on WebDataset shards")
+    if args.lambda_concept < 0 or args.concept_tau <= 0 or args.concept_temperature <= 0:
+        raise ArgumentError("need --lambda-concept >= 0, --concept-tau > 0 and --concept-temperature > 0")
+    if not args.model.startswith(("simzss", "local-dir:", "hf-hub:")):
+        raise ArgumentError(f"--model {args.model}: not a SimZSS model (see open_clip_simzss.list_models())")
+
+
+def parse_args(argv):
+    ours = simzss_parser()
+    if any(a in ("-h", "--help") for a in argv):
+        ours.print_help()
+        print("\nOpenCLIP options:")
+        parse_open_clip_args(["--help"])  # prints and exits
+    simzss_args, rest = ours.parse_known_args(argv)
+    if "--model" not in " ".join(rest):
+        rest += ["--model", "simzss-vitb14"]
+    args = parse_open_clip_args(rest)
+    for k, v in vars(simzss_args).items():
+        setattr(args, k, v)
+    validate(args)
+    return args
+
+
+if __name__ == "__main__":
+    print(parse_args(sys.argv[1:]))
