@@ -120,6 +120,28 @@ def test_round_trip_copies_every_member_and_adds_concepts(input_dir, tmp_path, e
     assert stats["concept_bank"] == "default" and stats["concept_bank_size"] == 278
 
 
+def test_members_outside_samples_are_copied_without_annotation(tmp_path):
+    input_dir, output_dir = tmp_path / "in", tmp_path / "out"
+    input_dir.mkdir()
+    with tarfile.open(input_dir / "00000.tar", "w") as archive:
+        folder = tarfile.TarInfo("images")
+        folder.type, folder.mtime = tarfile.DIRTYPE, MTIME
+        archive.addfile(folder)
+        for name, data in [("README", b"no extension"), ("images/0001.jpg", _jpeg(1)),
+                           ("images/0001.txt", b"A dog on a bench."), ("images/._0001.jpg", b"resource fork")]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), MTIME
+            archive.addfile(info, io.BytesIO(data))
+    assert main(["--input", str(input_dir / "00000.tar"), "--output", str(output_dir), "--workers", "1"]) == 0
+    with tarfile.open(output_dir / "00000.tar") as archive:
+        names = archive.getnames()
+        record = json.loads(archive.extractfile("images/0001.concepts.json").read())
+    assert names == ["images", "README", "images/0001.jpg", "images/0001.txt", "images/0001.concepts.json",
+                     "images/._0001.jpg"]
+    assert [c["text"] for c in record["concepts"]] == ["dog", "bench"]
+    assert _stats(output_dir)["samples"] == 1
+
+
 def test_output_is_readable_by_webdataset(input_dir, tmp_path):
     import webdataset as wds
 

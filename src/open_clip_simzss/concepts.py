@@ -419,13 +419,16 @@ class ConceptExtractor:
         """Concepts of one raw caption; spans refer to ``clean_caption(caption)``."""
         return self.concepts_of_doc(self.nlp(clean_caption(caption)))
 
-    def extract_many(self, captions: Iterable[str], batch_size: int = 256, n_process: int = 1) -> Iterator[List[Concept]]:
+    def extract_many(
+        self, captions: Iterable[str], batch_size: int = 256, n_process: int = 1
+    ) -> Iterator[List[Concept]]:
         """``extract`` for a stream of captions, through ``nlp.pipe`` (one list per caption, in input order).
 
-        ``n_process > 1`` forks that many workers, each running ``nlp.pipe`` on batches of ``batch_size``
-        captions (see ``_parallel``).
+        ``n_process > 1`` forks that many workers (-1: one per CPU), each running ``nlp.pipe`` on batches of
+        ``batch_size`` captions (see ``_parallel``). On 2 cores one process is about as fast: spaCy's
+        components are already vectorised over a batch, and preprocessing parallelises over shards instead.
         """
-        if n_process > 1:
+        if n_process != 1:
             return _parallel(self, "extract_many", captions, batch_size, n_process)
         return self._pipe(captions, batch_size, self.concepts_of_doc)
 
@@ -456,7 +459,7 @@ class ConceptExtractor:
     def annotate_many(self, captions: Iterable[str], batch_size: int = 256, n_process: int = 1) -> Iterator[dict]:
         """``annotate`` for a stream of captions, through ``nlp.pipe`` (in input order; ``n_process`` as in
         ``extract_many``)."""
-        if n_process > 1:
+        if n_process != 1:
             return _parallel(self, "annotate_many", captions, batch_size, n_process)
         return self._pipe(captions, batch_size, self._record)
 
@@ -483,6 +486,8 @@ def _parallel(extractor: ConceptExtractor, method_name: str, captions: Iterable[
     At most ``2 * n_process`` batches are in flight, so an endless caption stream is fine.
     Without the fork start method (macOS/Windows defaults), spaCy's n_process is used instead.
     """
+    if n_process < 0:  # spaCy's convention: -1 = one process per CPU
+        n_process = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if "fork" not in multiprocessing.get_all_start_methods():
         per_doc = extractor.concepts_of_doc if method_name == "extract_many" else extractor._record
         cleaned = (clean_caption(caption) for caption in captions)

@@ -52,12 +52,13 @@ def pool_visual_concepts(
     sorted_image = image_index[order]
     first_of_image = torch.cumsum(counts, 0) - counts
     slot = torch.arange(num_concepts, device=image_index.device) - first_of_image[sorted_image]
-    padded = queries.new_zeros(patches.shape[0], slots, queries.shape[-1])
-    padded = padded.index_put((sorted_image, slot), queries[order])
-    weights = torch.softmax(torch.einsum("bkd,bnd->bkn", padded, patches) / tau, dim=-1)
-    pooled = torch.einsum("bkn,bnd->bkd", weights, patches)
-    out = torch.empty_like(queries)
-    return out.index_put((order,), pooled[sorted_image, slot])
+    flat_slot = sorted_image * slots + slot  # row of each (sorted) concept in the [B * K, d] layout
+    # Advanced indexing / index_put only: index_add_, index_copy and index_select's backward are slow on CPU.
+    padded = queries.new_zeros(patches.shape[0] * slots, queries.shape[-1]).index_put((flat_slot,), queries[order])
+    padded = padded.view(patches.shape[0], slots, -1)
+    weights = torch.softmax(torch.bmm(padded, patches.transpose(1, 2)) / tau, dim=-1)  # [B, K, N]
+    pooled = torch.bmm(weights, patches).reshape(-1, queries.shape[-1])[flat_slot]
+    return torch.zeros_like(queries).index_put((order,), pooled)
 
 
 def concept_classifier(text_concepts: torch.Tensor, concept_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +67,8 @@ def concept_classifier(text_concepts: torch.Tensor, concept_ids: torch.Tensor) -
     Returns (classifier [k, d], target [M]: the row of each concept's own id).
     """
     unique_ids, target = torch.unique(concept_ids, return_inverse=True)
-    summed = text_concepts.new_zeros(unique_ids.shape[0], text_concepts.shape[-1]).index_add_(0, target, text_concepts)
+    summed = text_concepts.new_zeros(unique_ids.shape[0], text_concepts.shape[-1]).index_put(
+        (target,), text_concepts, accumulate=True)
     return F.normalize(summed, dim=-1), target
 
 

@@ -8,11 +8,18 @@ shard, plus one ``<key>.concepts.json`` member per sample: the record of ``Conce
 sample's ``txt`` caption (JSON, schema version 1; ``concepts`` is empty when the caption is missing or is not
 UTF-8). Images are not decoded: a corrupt image is copied as it is, for the training loader to skip.
 
-- Resumable: a shard is written to ``<name>.tmp`` and renamed when complete; existing outputs are skipped.
-- One shard per worker process (``--workers``, default: the CPUs this process may use).
+- Resumable: a shard is written to ``<name>.tmp`` and renamed when complete, after its statistics
+  (``stats/<name>.json``); shards whose output exists are skipped.
+- One shard per worker process (``--workers``, default: the CPUs this process may use); each worker runs
+  ``nlp.pipe`` with one process, which is spaCy's fastest setting per core.
 - SLURM arrays: ``--shard-index/--num-shards`` (default ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` and
   ``SLURM_ARRAY_TASK_COUNT``) take every num-shards-th shard of the sorted list, starting at shard-index.
-- Summary on stderr and in ``preprocess_stats[.<index>-of-<num>].json`` in the output directory.
+- Summary on stderr (this run's captions/s; over all finished shards of the slice: share of captions with at
+  least one concept, the 20 most frequent concepts) and in ``preprocess_stats.json`` in the output directory
+  (``preprocess_stats.<index>-of-<num>.json`` for one task of an array).
+- Bad input (no shard matches, output not writable, unknown spaCy model, missing bank file): one
+  ``error: ...`` line on stderr and exit status 1. A shard that cannot be read to its end is reported and
+  left without output (exit status 1 once the other shards are done).
 """
 
 from __future__ import annotations
@@ -75,11 +82,16 @@ def shard_slice_from_environment() -> Tuple[int, int]:
 # Samples in a tar stream
 # --------------------------------------------------------------------------------------------------------
 def split_member_name(name: str) -> Tuple[str, str]:
-    """WebDataset's (__key__, extension): the key runs to the first dot of the file name."""
+    """WebDataset's (__key__, extension): the key runs to the first dot of the file name.
+
+    Names WebDataset does not group into a sample (no extension, or nothing before the first dot, such as
+    "._0001.jpg") get the key "".
+    """
     directory, _, basename = name.rpartition("/")
     stem, dot, extension = basename.partition(".")
-    key = f"{directory}/{stem}" if directory else stem
-    return key, extension if dot else ""
+    if not stem or not dot or not extension:
+        return "", extension
+    return (f"{directory}/{stem}" if directory else stem), extension
 
 
 @dataclasses.dataclass
@@ -95,21 +107,21 @@ class Sample:
 
 
 def iter_samples(archive: tarfile.TarFile) -> Iterator[Sample]:
-    """Consecutive members with the same key, as WebDataset groups them. Non-file members (directories)
-    form samples of their own, with ``None`` data, and are copied through unchanged."""
+    """Consecutive members with the same key, as WebDataset groups them.
+
+    Members that belong to no sample (directories, links, names without a key) come as samples of their own
+    with the key "" (data None when they are not files): they are copied through, and get no annotation.
+    """
     current: Optional[Sample] = None
     for info in archive:
-        if not info.isfile():
-            if current is not None:
-                yield current
-                current = None
-            yield Sample(key="", members=[(info, None)])
-            continue
-        data = archive.extractfile(info).read()
-        key, _ = split_member_name(info.name)
-        if current is not None and current.key != key:
+        data = archive.extractfile(info).read() if info.isfile() else None
+        key = split_member_name(info.name)[0] if info.isfile() else ""
+        if current is not None and (current.key != key or not key):
             yield current
             current = None
+        if not key:
+            yield Sample(key="", members=[(info, data)])
+            continue
         if current is None:
             current = Sample(key=key, members=[])
         current.members.append((info, data))

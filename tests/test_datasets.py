@@ -1,0 +1,213 @@
+"""Benchmark readers on tiny fixtures in their real MMSeg layouts (EVAL_PROTOCOL.md §2), written by the tests.
+
+``write_benchmarks(root)`` is also used by test_evaluate.py.
+"""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from open_clip_simzss.datasets import (
+    COCO_THING_IDS, DatasetError, get_dataset, list_datasets, load_class_names, read_label, stuff_to_object,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 12, 16
+# A label row that exercises the conventions: 0, small values, the largest class, 255.
+RAW_VALUES = {"voc": [0, 1, 20, 255], "context": [0, 1, 59, 255], "coco_stuff": [0, 5, 170, 255],
+              "cityscapes": [0, 3, 18, 255], "ade": [0, 1, 150, 255]}
+
+
+def _image(path: Path, seed: int, size=(H, W)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size + (3,), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def _label(path: Path, values, palette=False, size=(H, W)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label = np.full(size, values[0], dtype=np.uint8)
+    for i, v in enumerate(values):
+        label[i, :] = v
+    im = Image.fromarray(label, mode="L")
+    if palette:  # VOC's colour-palette PNGs: Pillow must return the indices, not the colours
+        im = im.convert("P")
+        im.putpalette([c for i in range(256) for c in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+    im.save(path)
+
+
+def write_voc(root: Path, ids=("2007_000033", "2007_000032")):
+    base = root / "VOCdevkit" / "VOC2012"
+    for k, i in enumerate(ids):
+        _image(base / "JPEGImages" / f"{i}.jpg", k)
+        _label(base / "SegmentationClass" / f"{i}.png", RAW_VALUES["voc"], palette=True)
+    (base / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    _image(base / "JPEGImages" / "2007_999999.jpg", 9)  # not in the split: must not be read
+
+
+def write_context(root: Path, ids=("2008_000002", "2008_000001")):
+    base = root / "VOCdevkit" / "VOC2010"
+    for k, i in enumerate(ids):
+        _image(base / "JPEGImages" / f"{i}.jpg", k)
+        _label(base / "SegmentationClassContext" / f"{i}.png", RAW_VALUES["context"])
+    (base / "ImageSets" / "SegmentationContext").mkdir(parents=True, exist_ok=True)
+    (base / "ImageSets" / "SegmentationContext" / "val.txt").write_text("\n".join(ids) + "\n")
+
+
+def write_coco(root: Path, ids=("000000000285", "000000000139")):
+    base = root / "coco_stuff164k"
+    for k, i in enumerate(ids):
+        _image(base / "images" / "val2017" / f"{i}.jpg", k)
+        _label(base / "annotations" / "val2017" / f"{i}_labelTrainIds.png", RAW_VALUES["coco_stuff"])
+        # raw 0-indexed COCO-Stuff map: person (0), bicycle (1), toothbrush (89), unused thing 11, stuff 91,
+        # unlabelled 255
+        _label(base / "annotations" / "val2017" / f"{i}.png", [0, 1, 89, 11, 91, 255])
+
+
+def write_cityscapes(root: Path):
+    base = root / "cityscapes"
+    for k, (city, frame) in enumerate([("lindau", "lindau_000000_000019"), ("frankfurt", "frankfurt_000001_000001"),
+                                       ("frankfurt", "frankfurt_000000_000294")]):
+        _image(base / "leftImg8bit" / "val" / city / f"{frame}_leftImg8bit.png", k)
+        _label(base / "gtFine" / "val" / city / f"{frame}_gtFine_labelTrainIds.png", RAW_VALUES["cityscapes"])
+        _label(base / "gtFine" / "val" / city / f"{frame}_gtFine_labelIds.png", [7, 8, 26, 0])  # decoy
+
+
+def write_ade(root: Path):
+    base = root / "ade" / "ADEChallengeData2016"
+    for k, i in enumerate(["ADE_val_00000002", "ADE_val_00000001"]):
+        _image(base / "images" / "validation" / f"{i}.jpg", k)
+        _label(base / "annotations" / "validation" / f"{i}.png", RAW_VALUES["ade"])
+
+
+def convert_coco_object(root: Path):
+    """Run scripts/convert_coco_object.py (in-process: a subprocess would pay the torch import again)."""
+    spec = importlib.util.spec_from_file_location("convert_coco_object", REPO / "scripts" / "convert_coco_object.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(root / "coco_stuff164k")]) == 0
+    assert script.main([str(root / "nowhere")]) == 2
+
+
+def write_benchmarks(root: Path) -> Path:
+    """All eight benchmarks under one MMSeg data root."""
+    write_voc(root)
+    write_context(root)
+    write_coco(root)
+    write_cityscapes(root)
+    write_ade(root)
+    convert_coco_object(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_benchmarks(tmp_path_factory.mktemp("data"))
+
+
+def _row_values(label):
+    return [int(label[i, 0]) for i in range(label.shape[0])][:4]
+
+
+def test_registry():
+    assert list_datasets() == ["voc20", "context59", "coco_stuff", "cityscapes", "ade20k", "context60",
+                               "coco_object", "voc21"]
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        get_dataset("voc22", ".")
+
+
+@pytest.mark.parametrize("name, raw, expected, n_classes, background", [
+    ("voc20", "voc", [255, 0, 19, 255], 20, False),  # reduce_zero_label: bg ignored, 1..20 -> 0..19
+    ("voc21", "voc", [0, 1, 20, 255], 21, True),
+    ("context59", "context", [255, 0, 58, 255], 59, False),
+    ("context60", "context", [0, 1, 59, 255], 60, True),
+    ("coco_stuff", "coco_stuff", [0, 5, 170, 255], 171, False),
+    ("cityscapes", "cityscapes", [0, 3, 18, 255], 19, False),
+    ("ade20k", "ade", [255, 0, 149, 255], 150, False),
+])
+def test_reader_label_conventions(data_root, name, raw, expected, n_classes, background):
+    ds = get_dataset(name, data_root)
+    assert ds.num_classes == n_classes and ds.has_background is background
+    assert len(ds.label_names) == n_classes and (ds.label_names[0] == "background") is background
+    assert "background" not in [s for syns in ds.class_names for s in syns]
+    image, label = ds[0]
+    assert image.shape == (H, W, 3) and image.dtype == np.uint8
+    assert label.shape == (H, W) and label.dtype == np.int64
+    assert _row_values(label) == expected
+    assert label.max() <= 255 and set(np.unique(label)) <= set(range(n_classes)) | {255}
+
+
+def test_reader_order_follows_mmseg(data_root):
+    voc = get_dataset("voc20", data_root)  # split-file order, not sorted; files outside the split ignored
+    assert [p.stem for p, _ in voc.items] == ["2007_000033", "2007_000032"]
+    assert voc.items[0][1] == data_root / "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png"
+    coco = get_dataset("coco_stuff", data_root)  # no split: sorted by file name
+    assert [p.name for p, _ in coco.items] == ["000000000139.jpg", "000000000285.jpg"]
+    assert coco.items[0][1].name == "000000000139_labelTrainIds.png"
+    city = get_dataset("cityscapes", data_root)  # recursive, sorted by relative path
+    assert [p.parent.name + "/" + p.name for p, _ in city.items] == [
+        "frankfurt/frankfurt_000000_000294_leftImg8bit.png", "frankfurt/frankfurt_000001_000001_leftImg8bit.png",
+        "lindau/lindau_000000_000019_leftImg8bit.png"]
+    assert city.items[0][1].name == "frankfurt_000000_000294_gtFine_labelTrainIds.png"
+    ade = get_dataset("ade20k", data_root)
+    assert [p.name for p, _ in ade.items] == ["ADE_val_00000001.jpg", "ADE_val_00000002.jpg"]
+
+
+def test_root_may_be_the_dataset_folder(data_root):
+    ds = get_dataset("voc21", data_root / "VOCdevkit" / "VOC2012")
+    assert len(ds) == 2 and ds.root == data_root / "VOCdevkit" / "VOC2012"
+
+
+def test_coco_object_conversion(data_root):
+    lut_out = stuff_to_object(np.array([0, 1, 89, 11, 91, 181, 255], dtype=np.uint8))
+    assert lut_out.tolist() == [1, 2, 80, 0, 0, 0, 0]
+    assert len(COCO_THING_IDS) == 80 and max(COCO_THING_IDS) == 89
+    ds = get_dataset("coco_object", data_root)
+    assert ds.items[0][1].name == "000000000139_instanceTrainIds.png"
+    # things -> 1..80, unused thing id, stuff and unlabelled (255) -> background 0: nothing is ignored
+    assert [int(v) for v in ds.load_label(0)[:6, 0]] == [1, 2, 80, 0, 0, 0]
+    assert ds.num_classes == 81 and ds.label_names[1] == "person"
+
+
+def test_class_name_files():
+    for name in list_datasets():
+        names = load_class_names(name)
+        assert all(syns and all(s == s.strip() and s for s in syns) for syns in names)
+        assert not any(s.lower() == "background" for syns in names for s in syns)
+    assert load_class_names("voc20")[19] == ["tv monitor", "television", "monitor", "screen"]
+    assert load_class_names("coco_stuff")[84] == ["building"]  # "building-other"
+    assert len(load_class_names("ade20k")) == 150
+
+
+def test_class_names_override(data_root, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("# my names\n" + "\n".join(f"thing {i}, alias {i}" for i in range(20)) + "\n")
+    ds = get_dataset("voc20", data_root, class_names=names)
+    assert ds.class_names[3] == ["thing 3", "alias 3"]
+    with pytest.raises(DatasetError, match="20 text classes"):
+        get_dataset("voc21", data_root, class_names=["background"] + [f"c{i}" for i in range(20)])
+
+
+def test_missing_or_malformed_folders_say_what_was_expected(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        get_dataset("voc20", tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match=r"VOCdevkit/VOC2012/JPEGImages"):
+        get_dataset("voc20", tmp_path)
+    write_voc(tmp_path)
+    split = tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+    split.write_text("2007_000033\n2007_000404\n")
+    with pytest.raises(DatasetError, match=r"expected image .*2007_000404\.jpg"):
+        get_dataset("voc20", tmp_path)
+    split.unlink()
+    with pytest.raises(DatasetError, match=r"expected split file .*ImageSets/Segmentation/val\.txt"):
+        get_dataset("voc20", tmp_path)
+    write_coco(tmp_path)  # raw labels only: COCO-Object labels not converted yet
+    with pytest.raises(DatasetError, match=r"expected label .*_instanceTrainIds\.png.*convert_coco_object"):
+        get_dataset("coco_object", tmp_path)
+    rgb = tmp_path / "coco_stuff164k/annotations/val2017/000000000139_labelTrainIds.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(rgb)
+    with pytest.raises(DatasetError, match="mode RGB"):
+        read_label(rgb)

@@ -1,0 +1,286 @@
+"""The segmentation engine: protocol geometry (EVAL_PROTOCOL.md §1), text classifier (§4), background (§3),
+PAMR, and the sliding-window inference checked against whole-image inference."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from open_clip_simzss.pamr import PAMR, neighbour_offsets
+from open_clip_simzss.segmentation import (
+    TEMPLATE_SETS, ZeroShotSegmenter, apply_background, build_text_classifier, foreground_confidence,
+    get_templates, rescale_size, resize_image_uint8, to_uint8_image, window_grid,
+)
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+class PatchLinearModel(nn.Module):
+    """A fake SimZSS: each patch token is a fixed linear map of the pixels under that patch (nothing else), and
+    a text feature is the mean embedding of its tokens."""
+
+    def __init__(self, patch_size=8, dim=12, seed=0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.visual = nn.Module()
+        self.visual.patch_size = patch_size
+        self.visual.proj = nn.Parameter(torch.randn(3 * patch_size ** 2, dim, generator=gen))
+        self.token_embedding = nn.Parameter(torch.randn(49408, dim, generator=gen))
+        self.dense_calls = []
+
+    def encode_dense(self, images, normalize=False):
+        b, c, h, w = images.shape
+        p = self.visual.patch_size
+        assert h % p == 0 and w % p == 0, "the engine must only send multiples of the patch size"
+        self.dense_calls.append(tuple(images.shape))
+        patches = images.unfold(2, p, p).unfold(3, p, p)  # [B, C, h/p, w/p, p, p]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, h // p, w // p, c * p * p)
+        out = patches @ self.visual.proj
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_text(self, tokens, normalize=False):
+        mask = (tokens != 0).float().unsqueeze(-1)
+        out = (self.token_embedding[tokens] * mask).sum(1) / mask.sum(1)
+        return F.normalize(out, dim=-1) if normalize else out
+
+
+@pytest.fixture(scope="module")
+def fake_model():
+    return PatchLinearModel()
+
+
+def make_segmenter(model, tokenizer, classes=("dog", "cat", "grass"), **kw):
+    kw = dict(dict(templates="photo1", mean=MEAN, std=STD), **kw)
+    return ZeroShotSegmenter(model, tokenizer, list(classes), **kw)
+
+
+def random_image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# --- geometry ----------------------------------------------------------------------------------------------
+def test_rescale_size_protocol_examples():
+    assert rescale_size(375, 500) == (448, 597)  # VOC 500x375 -> 597x448
+    assert rescale_size(1024, 2048) == (448, 896)  # Cityscapes 2048x1024 -> 896x448
+    assert rescale_size(100, 100) == (448, 448)  # small images are enlarged
+    assert rescale_size(200, 2000) == (205, 2048)  # aspect > 4.57: the long side caps, short side < 448
+    assert rescale_size(480, 640) == (448, 597)  # int(x * f + 0.5) rounding: 640 * 448/480 = 597.33
+
+
+def test_window_grid_placement():
+    assert window_grid(448, 896) == [(0, 448, 0, 448), (0, 448, 224, 672), (0, 448, 448, 896)]  # 1x3
+    assert window_grid(448, 597) == [(0, 448, 0, 448), (0, 448, 149, 597)]  # last window moved back inside
+    assert window_grid(448, 448) == [(0, 448, 0, 448)]
+    assert window_grid(300, 200) == [(0, 300, 0, 200)]  # smaller than the crop: used as-is, no padding
+    assert window_grid(205, 2048)[-1] == (0, 205, 1600, 2048)
+    boxes = window_grid(1000, 700)
+    # n = max(size - 448 + 223, 0) // 224 + 1 per axis: 4 rows x 3 cols; the last ones are moved back inside
+    assert len(boxes) == 12 and sorted({b[0] for b in boxes}) == [0, 224, 448, 552]
+    assert sorted({b[2] for b in boxes}) == [0, 224, 252]
+    cover = np.zeros((1000, 700), int)
+    for y1, y2, x1, x2 in boxes:
+        assert (y2 - y1, x2 - x1) == (448, 448)
+        cover[y1:y2, x1:x2] += 1
+    assert cover.min() >= 1
+
+
+def test_resize_is_cv2_like():
+    row = torch.tensor([[[0, 255]]], dtype=torch.uint8).expand(3, 1, 2)
+    # cv2.INTER_LINEAR, half-pixel centres, edge clamped, rounded to uint8: [0, 63.75, 191.25, 255]
+    assert resize_image_uint8(row, (1, 4))[0, 0].tolist() == [0, 64, 191, 255]
+    down = torch.arange(8, dtype=torch.uint8).view(1, 1, 8).expand(3, 1, 8) * 10
+    # 2x downscale without antialiasing: each output is the mean of 2 inputs (not of a wider kernel)
+    assert resize_image_uint8(down, (1, 4))[0, 0].tolist() == [5, 25, 45, 65]
+
+
+def test_image_input_formats_agree():
+    hwc = random_image(10, 14)
+    expected = torch.from_numpy(hwc).permute(2, 0, 1)
+    for image in (hwc, Image.fromarray(hwc), expected, np.ascontiguousarray(hwc.transpose(2, 0, 1))):
+        assert torch.equal(to_uint8_image(image), expected)
+    assert to_uint8_image(hwc[..., 0]).shape == (3, 10, 14)  # grey
+    with pytest.raises(ValueError):
+        to_uint8_image(hwc.astype(np.float32))
+    with pytest.raises(TypeError):
+        to_uint8_image([[1, 2]])
+
+
+# --- text classifier ---------------------------------------------------------------------------------------
+def test_templates():
+    assert len(get_templates("openai80")) == 80 and len(get_templates("simple7")) == 7
+    assert len(get_templates("tcl9")) == 9 and "a bad photo of a {}." in get_templates("tcl7")
+    assert set(get_templates("tcl7")) - set(get_templates("simple7")) == {"a bad photo of a {}."}
+    assert all("{}" in t for ts in TEMPLATE_SETS.values() for t in ts)
+    with pytest.raises(ValueError):
+        get_templates("nope")
+    with pytest.raises(ValueError):
+        get_templates(["no placeholder"])
+
+
+def test_text_classifier_normalises_per_prompt_then_averages(fake_model, tokenizer):
+    templates = ["a photo of a {}.", "art of the {}."]
+    clf = build_text_classifier(fake_model, tokenizer, ["dog", ["tv monitor", "television"]], templates,
+                                batch_size=3)
+
+    def enc(texts):
+        return F.normalize(fake_model.encode_text(tokenizer(texts)), dim=-1)
+
+    dog = F.normalize(enc(["a photo of a dog.", "art of the dog."]).mean(0), dim=0)
+    tv = F.normalize(enc([t.replace("{}", n) for n in ("tv monitor", "television") for t in templates]).mean(0),
+                     dim=0)
+    torch.testing.assert_close(clf.weights, torch.stack([dog, tv]))
+    assert clf.num_classes == 2
+    # averaging raw embeddings (TCL) would give another direction: per-prompt normalisation matters
+    raw = F.normalize(fake_model.encode_text(tokenizer(["a photo of a dog.", "art of the dog."])).mean(0), dim=0)
+    assert not torch.allclose(raw, dog, atol=1e-4)
+
+    clf_max = build_text_classifier(fake_model, tokenizer, ["dog", ["tv monitor", "television"]], templates,
+                                    synonyms="max")
+    assert clf_max.weights.shape[0] == 3 and clf_max.query_class.tolist() == [0, 1, 1]
+    feats = F.normalize(torch.randn(5, clf.weights.shape[1]), dim=-1)
+    sims = feats @ clf_max.weights.t()
+    torch.testing.assert_close(clf_max.scores(feats), torch.stack([sims[:, 0], sims[:, 1:].max(1).values], 1))
+
+
+# --- sliding window ------------------------------------------------------------------------------------------
+def _safe_pixels(size, boxes, axis, half_patch):
+    """Pixels whose bilinear taps are the same in every covering window as in the whole image: at least half a
+    patch away from every window edge that is not an image border."""
+    safe = np.ones(size, bool)
+    for box in boxes:
+        lo, hi = box[0:2] if axis == 0 else box[2:4]
+        for u in range(lo, hi):
+            if (lo > 0 and u - lo < half_patch) or (hi < size and hi - 1 - u < half_patch):
+                safe[u] = False
+    return safe
+
+
+def test_sliding_window_equals_whole_image_away_from_window_borders(fake_model, tokenizer):
+    h, w, p = 64, 96, fake_model.visual.patch_size
+    seg = make_segmenter(fake_model, tokenizer, short_side=64, window=32, stride=16)
+    image = random_image(h, w)
+    logits = seg.logits(image)
+    assert logits.shape == (3, h, w)
+
+    # Whole-image reference: one forward on the full image, patch scores upsampled to the image.
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() - seg.mean) / seg.std
+    tokens = F.normalize(fake_model.encode_dense(x[None]), dim=-1)
+    whole = F.interpolate(seg.classifier.scores(tokens).permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
+                          align_corners=False)[0]
+
+    boxes = window_grid(h, w, 32, 16)
+    assert len(boxes) == 3 * 5
+    safe = _safe_pixels(h, boxes, 0, p // 2)[:, None] & _safe_pixels(w, boxes, 1, p // 2)[None, :]
+    assert safe.mean() > 0.2
+    torch.testing.assert_close(logits[:, safe], whole[:, safe], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits[:, ~safe], whole[:, ~safe], atol=1e-3)  # the test can tell them apart
+    assert logits.abs().max() <= 1 + 1e-5 and logits.std() > 0.05  # cosines, not constant
+
+
+def test_windows_are_batched_and_cover_protocol_sizes(tokenizer):
+    model = PatchLinearModel(patch_size=14)
+    seg = make_segmenter(model, tokenizer, window_batch_size=2)
+    out = seg.logits(random_image(1024, 2048))  # Cityscapes-like: 896x448 -> 1x3 windows of 448
+    assert out.shape == (3, 1024, 2048)
+    assert model.dense_calls == [(2, 3, 448, 448), (1, 3, 448, 448)]
+
+
+def test_image_smaller_than_window_is_padded_to_the_patch_grid(fake_model, tokenizer):
+    # Aspect ratio 5: the short side (20) stays below the window and is not a multiple of the patch size 8.
+    seg = make_segmenter(fake_model, tokenizer, short_side=20, max_long_side=100, window=32, stride=16)
+    image = random_image(20, 100)
+    logits = seg.logits(image)
+    assert logits.shape == (3, 20, 100)
+    # Reference: the first window (20x32), padded with the mean colour to 24x32, computed by hand.
+    x = (torch.from_numpy(image).permute(2, 0, 1).float() - seg.mean) / seg.std
+    crop = F.pad(x[None, :, :, :32], (0, 0, 0, 4))
+    scores = seg.classifier.scores(F.normalize(fake_model.encode_dense(crop), dim=-1)).permute(0, 3, 1, 2)
+    ref = F.interpolate(scores, size=(24, 32), mode="bilinear", align_corners=False)[0, :, :20, :16]
+    torch.testing.assert_close(logits[:, :, :12], ref[:, :, :12], atol=1e-5, rtol=1e-5)  # only window 0 there
+
+
+def test_predict_matches_full_resolution_logits(fake_model, tokenizer):
+    seg = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, max_chunk_elements=300)
+    image = random_image(45, 70, seed=3)  # resized to 32x50 and back: a real upsampling, in many bands
+    logits = seg.logits(image)
+    for score in ("sigmoid", "softmax"):
+        seg.background_score = score
+        labels, conf = seg.predict_foreground(image)
+        assert torch.equal(labels, logits.argmax(0))
+        torch.testing.assert_close(conf, foreground_confidence(logits, score, seg.background_scale))
+    assert torch.equal(seg.predict(Image.fromarray(image)), logits.argmax(0))
+
+
+# --- background (EVAL_PROTOCOL.md §3) ------------------------------------------------------------------------
+@pytest.mark.parametrize("score", ["sigmoid", "softmax"])
+def test_background_threshold_equals_constant_background_channel(fake_model, tokenizer, score):
+    image = random_image(40, 56, seed=1)
+    seg = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, background_score=score,
+                         background_scale=10.0)
+    logits = seg.logits(image)
+    probs = torch.sigmoid(logits) if score == "sigmoid" else torch.softmax(10.0 * logits, dim=0)
+    conf = probs.max(0).values
+    threshold = float(conf.median())  # half the pixels become background
+    seg.background_threshold = threshold
+    pred = seg.predict(image)
+    # TCL/Talk2DINO: a constant bg_thresh channel in front of the class scores, then the argmax.
+    constant = torch.cat([torch.full_like(probs[:1], threshold), probs]).argmax(0)
+    ties = torch.isclose(conf, torch.tensor(threshold), atol=1e-6)
+    assert torch.equal(pred[~ties], constant[~ties])
+    assert torch.equal(pred == 0, conf < threshold)
+    assert 0.3 < (pred == 0).float().mean() < 0.7
+    assert torch.equal(pred[pred > 0] - 1, logits.argmax(0)[pred > 0])  # foreground keeps its class (+1)
+
+
+def test_sigmoid_threshold_is_a_cosine_threshold():
+    logits = torch.tensor([[[0.1, 0.25]], [[0.19, -0.3]]])  # 2 classes, 1x2 pixels; max cos 0.19 and 0.25
+    conf = foreground_confidence(logits, "sigmoid")
+    labels = apply_background(logits.argmax(0), conf, 0.55)  # logit(0.55) = 0.2007
+    assert labels.tolist() == [[0, 1]]
+
+
+# --- PAMR ---------------------------------------------------------------------------------------------------
+def test_pamr_affinities_and_constant_masks():
+    pamr = PAMR()
+    assert len(pamr.offsets) == 48 and neighbour_offsets([2])[0] == (-2, -2)
+    image = torch.rand(1, 3, 20, 24)
+    alpha = pamr.affinity(image)
+    assert alpha.shape == (1, 48, 20, 24) and (alpha > 0).all()
+    torch.testing.assert_close(alpha.sum(1), torch.ones(1, 20, 24))
+    const = torch.full((1, 2, 20, 24), 0.4)
+    torch.testing.assert_close(pamr(image, const), const)  # a constant (background) channel survives
+
+
+def test_pamr_snaps_masks_to_image_edges():
+    gen = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 1.0  # left dark, right bright
+    image += 0.01 * torch.rand(image.shape, generator=gen)
+    mask = torch.zeros(1, 2, 32, 32)
+    mask[:, 0, :, :19] = 1  # channel 0 spills 3 columns over the edge at x=16
+    mask[:, 1] = 1 - mask[:, 0]
+    out = PAMR()(image, mask)
+    spill = out[0, 0, :, 16:19].mean()
+    assert spill < 0.5  # the spilled columns now follow the image (they were 1)
+    assert out[0, 0, :, :14].mean() > 0.95  # inside the dark half the mask stays
+    torch.testing.assert_close(out.sum(1), torch.ones(1, 32, 32))
+
+
+def test_engine_with_pamr_runs_and_changes_scores(fake_model, tokenizer):
+    image = random_image(32, 48, seed=2)
+    plain = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16)
+    refined = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, pamr=True)
+    a, b = plain.logits(image), refined.logits(image)
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    assert b.max() <= a.max() + 1e-5 and b.min() >= a.min() - 1e-5  # convex combinations
+
+
+def test_real_tiny_model_end_to_end(tiny_model, tokenizer):
+    seg = ZeroShotSegmenter(tiny_model, tokenizer, ["dog", "cat"], templates="simple7", short_side=64,
+                            window=64, stride=32, background_threshold=0.5)
+    pred = seg.predict(torch.from_numpy(random_image(50, 80)).permute(2, 0, 1))
+    assert pred.shape == (50, 80) and pred.dtype == torch.int64
+    assert int(pred.min()) >= 0 and int(pred.max()) <= 2
+    mean = torch.tensor(tiny_model.visual.preprocess_cfg["mean"]).view(3, 1, 1) * 255
+    torch.testing.assert_close(seg.mean, mean)  # the tower's own statistics
