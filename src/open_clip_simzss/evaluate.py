@@ -181,7 +181,8 @@ def _fmt(x: Optional[float]) -> str:
     return "  n/a" if x is None else f"{x:5.2f}"
 
 
-def print_dataset(name: str, result: Dict, per_class: bool = True, out=sys.stdout):
+def print_dataset(name: str, result: Dict, per_class: bool = True, out=None):
+    out = out or sys.stdout  # resolved per call: sys.stdout may be replaced (pytest capture, redirection)
     print(f"\n== {name}: mIoU {_fmt(result['miou'])} ({result['num_images']} images, "
           f"{result['num_classes']} classes, {result['seconds']} s)", file=out)
     bg = result["background"]
