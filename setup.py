@@ -33,7 +33,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest", "scikit-image"],
+        # clip_benchmark is pinned exactly: we register a model type through its internals (TYPE2FUNC, MODEL_TYPES)
+        "benchmark": ["clip_benchmark==1.6.2"],
+        "dev": ["pytest", "scikit-image", "tensorboard", "clip_benchmark==1.6.2"],
         "wandb": ["wandb"],
     },
     entry_points={

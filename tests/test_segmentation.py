@@ -284,3 +284,14 @@ def test_real_tiny_model_end_to_end(tiny_model, tokenizer):
     assert int(pred.min()) >= 0 and int(pred.max()) <= 2
     mean = torch.tensor(tiny_model.visual.preprocess_cfg["mean"]).view(3, 1, 1) * 255
     torch.testing.assert_close(seg.mean, mean)  # the tower's own statistics
+
+
+def test_text_padding_trim_is_exact_and_restores_the_model(tiny_model, tokenizer, monkeypatch):
+    import open_clip_simzss.segmentation as segmentation
+    assert segmentation._can_trim_padding(tiny_model)  # the shortcut is really taken for SimZSS towers
+    names = ["dog", ["tv monitor", "television"], "a very long class name of many words"]
+    fast = build_text_classifier(tiny_model, tokenizer, names, "simple7")
+    assert tiny_model.text.attn_mask.shape == (77, 77)
+    monkeypatch.setattr(segmentation, "_can_trim_padding", lambda model: False)
+    slow = build_text_classifier(tiny_model, tokenizer, names, "simple7")
+    torch.testing.assert_close(fast.weights, slow.weights, atol=1e-5, rtol=1e-4)

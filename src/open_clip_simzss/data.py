@@ -81,8 +81,9 @@ class SampleDecoder:
     """Raw WebDataset sample -> (image tensor, token ids, concept rows); counts what it skips."""
 
     def __init__(self, preprocess_img: Callable, tokenizer, with_concepts: bool, extractor_factory=None,
-                 force_on_the_fly: bool = False):
+                 force_on_the_fly: bool = False, feature_cache=None):
         self.preprocess_img = preprocess_img
+        self.feature_cache = feature_cache
         self.tokenizer = tokenizer
         self.context_length = tokenizer.context_length
         self.with_concepts = with_concepts
@@ -124,12 +125,18 @@ class SampleDecoder:
             except UnicodeDecodeError:
                 self.counter.skip("caption is not UTF-8", key)
                 continue
-            try:
-                with Image.open(io.BytesIO(sample[image_key])) as img:
-                    image = self.preprocess_img(img.convert("RGB"))
-            except Exception as e:  # PIL raises many types for broken files
-                self.counter.skip(f"image does not decode ({type(e).__name__})", key)
-                continue
+            if self.feature_cache is not None:
+                image = self.feature_cache.lookup(sample["__url__"], key)  # (global, dense) of the frozen tower
+                if image is None:
+                    self.counter.skip("image did not decode when the feature cache was built", key)
+                    continue
+            else:
+                try:
+                    with Image.open(io.BytesIO(sample[image_key])) as img:
+                        image = self.preprocess_img(img.convert("RGB"))
+                except Exception as e:  # PIL raises many types for broken files
+                    self.counter.skip(f"image does not decode ({type(e).__name__})", key)
+                    continue
             tokens = self.tokenizer([caption])[0]
             yield image, tokens, self.concept_rows(sample, caption)
 
@@ -152,7 +159,11 @@ class Batcher:
 
     def __call__(self, source):
         for chunk in self._chunks(source):
-            images = torch.stack([s[0] for s in chunk])
+            if isinstance(chunk[0][0], tuple):  # cached tower outputs instead of images
+                images = {"image_features": torch.stack([s[0][0] for s in chunk]),
+                          "patch_tokens": torch.stack([s[0][1] for s in chunk])}
+            else:
+                images = torch.stack([s[0] for s in chunk])
             texts = torch.stack([s[1] for s in chunk])
             concepts = collate_concepts([s[2] for s in chunk], self.context_length)
             info = torch.utils.data.get_worker_info()
@@ -162,11 +173,13 @@ class Batcher:
 
 
 def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor: bool = False, tokenizer=None,
-                    with_concepts: bool = True, extractor_factory=None, force_on_the_fly: bool = False) -> DataInfo:
+                    with_concepts: bool = True, extractor_factory=None, force_on_the_fly: bool = False,
+                    feature_cache=None) -> DataInfo:
     """OpenCLIP's WebDataset loader (same resampling, shuffling and epoch rounding) yielding SimZSS batches.
 
     Training batches are ``(images, texts, concepts, counts)``; evaluation batches are ``(images, texts)`` as
-    OpenCLIP's ``evaluate`` expects.
+    OpenCLIP's ``evaluate`` expects. With a ``feature_cache`` (``feature_cache.FeatureCache``), ``images`` is
+    the dict ``{"image_features", "patch_tokens"}`` of the frozen tower's cached outputs.
     """
     input_shards = args.train_data if is_train else args.val_data
     resampled = getattr(args, "dataset_resampled", False) and is_train
@@ -200,7 +213,7 @@ def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor:
         pipeline += [wds.split_by_worker, tarfile_to_samples_nothrow]
 
     decoder = SampleDecoder(preprocess_img, tokenizer, with_concepts and is_train, extractor_factory,
-                            force_on_the_fly)
+                            force_on_the_fly, feature_cache if is_train else None)
     pipeline.append(decoder)
     if is_train:
         pipeline.append(Batcher(args.batch_size, tokenizer.context_length, decoder, partial=False))

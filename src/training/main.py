@@ -16,7 +16,8 @@ from functools import partial
 import fsspec
 import numpy as np
 import torch
-from open_clip_train.data import get_imagenet
+import open_clip
+from open_clip_train.data import expand_urls, get_imagenet
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
 from open_clip_train.main import LATEST_CHECKPOINT_NAME, get_latest_checkpoint
@@ -25,6 +26,7 @@ from open_clip_train.train import evaluate
 
 import open_clip_simzss
 from open_clip_simzss.data import SkipTally, get_wds_dataset
+from open_clip_simzss.feature_cache import FeatureCache
 from open_clip_simzss.loss import SimZSSLoss
 from training.params import ArgumentError, parse_args
 from training.train import train_one_epoch
@@ -57,7 +59,20 @@ def make_extractor(spacy_model, concept_bank):
     return ConceptExtractor(spacy_model=spacy_model, bank=ConceptBank.from_spec(concept_bank))
 
 
-def get_data(args, preprocess_fns, epoch, tokenizer):
+def build_feature_cache(args, model, preprocess_val, device):
+    """``--cache-vision-features``: every rank encodes its share of the shards, then all read the same files."""
+    cache = FeatureCache.for_model(args.cache_vision_features, model, open_clip.get_model_preprocess_cfg(model),
+                                   args.cache_dtype)
+    urls, _ = expand_urls(args.train_data)
+    encoded = cache.build(urls, model, preprocess_val, device=device, batch_size=max(args.batch_size, 1),
+                          rank=args.rank, world_size=args.world_size)
+    if args.distributed and not args.horovod:
+        torch.distributed.barrier()
+    logging.info(f"feature cache {cache.dir}: {encoded} images encoded by this rank, {len(urls)} shards cached")
+    return cache
+
+
+def get_data(args, preprocess_fns, epoch, tokenizer, feature_cache=None):
     preprocess_train, preprocess_val = preprocess_fns
     data = {}
     use_concepts = args.lambda_concept > 0
@@ -67,7 +82,8 @@ def get_data(args, preprocess_fns, epoch, tokenizer):
     if args.train_data:
         data["train"] = get_wds_dataset(
             args, preprocess_train, is_train=True, epoch=epoch, tokenizer=tokenizer, with_concepts=use_concepts,
-            extractor_factory=extractor_factory, force_on_the_fly=args.concept_source == "spacy")
+            extractor_factory=extractor_factory, force_on_the_fly=args.concept_source == "spacy",
+            feature_cache=feature_cache)
     if args.val_data:
         data["val"] = get_wds_dataset(args, preprocess_val, is_train=False, tokenizer=tokenizer)
     if args.imagenet_val is not None:
@@ -244,7 +260,10 @@ def main(argv):
             logging.info(f"=> loaded checkpoint '{args.resume}'")
 
     tokenizer = open_clip_simzss.get_tokenizer(args.model, context_length=args.force_context_length)
-    data = get_data(args, (preprocess_train, preprocess_val), start_epoch, tokenizer)
+    feature_cache = None
+    if args.cache_vision_features and args.train_data:
+        feature_cache = build_feature_cache(args, original_model, preprocess_val, device)
+    data = get_data(args, (preprocess_train, preprocess_val), start_epoch, tokenizer, feature_cache)
     if not data:
         raise ArgumentError("nothing to do: give --train-data, --val-data or --imagenet-val")
     scheduler = None

@@ -28,6 +28,11 @@ def simzss_parser() -> argparse.ArgumentParser:
     group.add_argument("--vision-weights", default=None,
                        help="local weights file for the vision tower (timm or original DINOv2 format); "
                             "default $SIMZSS_VISION_WEIGHTS, else --pretrained-image downloads them with timm")
+    group.add_argument("--cache-vision-features", default=None, metavar="DIR",
+                       help="compute the frozen tower's outputs once per image, store them (memory-mapped) in DIR "
+                            "and reuse them every epoch; images get the deterministic validation transform")
+    group.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16",
+                       help="storage type of the feature cache")
     return parser
 
 
@@ -55,6 +60,9 @@ def validate(args):
         raise ArgumentError(f"--dataset-type {args.dataset_type}: SimZSS trains on WebDataset shards")
     if args.lambda_concept < 0 or args.concept_tau <= 0 or args.concept_temperature <= 0:
         raise ArgumentError("need --lambda-concept >= 0, --concept-tau > 0 and --concept-temperature > 0")
+    if args.cache_vision_features and args.aug_cfg:
+        raise ArgumentError("--cache-vision-features stores one encoding per image: it cannot be combined with "
+                            "random image augmentation (--aug-cfg)")
     if not args.model.startswith(("simzss", "local-dir:", "hf-hub:")):
         raise ArgumentError(f"--model {args.model}: not a SimZSS model (see open_clip_simzss.list_models())")
 

@@ -41,9 +41,13 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, args
         if not args.skip_scheduler:
             scheduler(step)
         tally.update(counts)
-        images = images.to(device=device, dtype=input_dtype, non_blocking=True)
         texts = texts.to(device=device, non_blocking=True)
-        inputs = dict(image=images, text=texts)
+        if isinstance(images, dict):  # cached outputs of the frozen tower (--cache-vision-features)
+            inputs = {k: v.to(device=device, dtype=input_dtype, non_blocking=True) for k, v in images.items()}
+            inputs["text"] = texts
+        else:
+            images = images.to(device=device, dtype=input_dtype, non_blocking=True)
+            inputs = dict(image=images, text=texts)
         if use_concepts:
             inputs.update({k: v.to(device=device, non_blocking=True) for k, v in concepts.items()})
         data_time_m.update(time.time() - end)
@@ -84,7 +88,7 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, args
                       num_concepts=int(concepts["concept_ids"].numel()))
         history.append(record)
         if is_master(args) and (i % args.log_every_n_steps == 0 or batch_count == num_batches_per_epoch):
-            batch_size = len(images)
+            batch_size = len(texts)
             num_samples = batch_count * batch_size * args.world_size
             for key, val in record.items():
                 if key.endswith(("loss", "accuracy")):

@@ -1,0 +1,140 @@
+"""Zero-shot segmentation throughput, and what the engine costs on top of the vision tower.
+
+    python benchmarks/segment_throughput.py                         # CPU, simzss-vits14, 2 images per shape
+    python benchmarks/segment_throughput.py --model simzss-vitb14 --device cuda --images 20
+
+For a VOC-like 500x375 image (-> 597x448, 2 windows; 20 classes) and a Cityscapes-like 2048x1024 image
+(-> 896x448, 3 windows; 19 classes) under the protocol of EVAL_PROTOCOL.md §1, it reports images/s of
+``ZeroShotSegmenter.predict_foreground`` (labels and background confidence: the evaluation path), the time of the
+vision tower's forward on the windows (``model.encode_dense``), and everything else (resize and normalisation,
+classifier product, window upsampling and stitching, resize back to the original size with argmax and
+confidence) as a share of the total. Goal: overhead <= 10 %. The one-off text classifier (80 templates) is
+timed separately and amortised over the split (VOC 1449 images, Cityscapes 500). Weights are random: speed
+does not depend on them.
+"""
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+import open_clip
+import open_clip_simzss
+from open_clip_simzss.datasets import load_class_names
+from open_clip_simzss.segmentation import ZeroShotSegmenter
+
+CASES = [  # name, (H, W), class list, split size for amortising the classifier
+    ("voc 500x375", (375, 500), "voc20", 1449),
+    ("cityscapes 2048x1024", (1024, 2048), "cityscapes", 500),
+]
+
+
+class Clock:
+    def __init__(self, device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def __call__(self):
+        self.sync()
+        return time.perf_counter()
+
+
+def time_tower(model, clock):
+    """Wrap ``model.encode_dense`` so that every call adds its wall time to ``box[0]``."""
+    box = [0.0]
+    inner = model.encode_dense
+
+    def encode_dense(*args, **kwargs):
+        t0 = clock()
+        out = inner(*args, **kwargs)
+        box[0] += clock() - t0
+        return out
+
+    model.encode_dense = encode_dense
+    return box
+
+
+def run_case(model, tokenizer, clock, tower, name, size, classes, split, images, templates, window_batch_size):
+    t0 = clock()
+    seg = ZeroShotSegmenter(model, tokenizer, load_class_names(classes), templates=templates,
+                            window_batch_size=window_batch_size, background_threshold=0.5)
+    classifier_s = clock() - t0
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 256, size + (3,), dtype=np.uint8) for _ in range(images + 1)]
+    seg.predict_foreground(pics[0])  # warm-up (allocator, kernels)
+    stages = {"preprocess": 0.0, "windows": 0.0, "to_original": 0.0}
+    tower[0] = 0.0
+    start = clock()
+    for pic in pics[1:]:
+        # The steps of predict_foreground, timed one by one.
+        t0 = clock()
+        normalized, orig = seg.preprocess(pic)
+        t1 = clock()
+        stitched = seg.stitched_logits(normalized)
+        t2 = clock()
+        seg.reduce_to_size(stitched, orig, with_confidence=True)
+        t3 = clock()
+        stages["preprocess"] += t1 - t0
+        stages["windows"] += t2 - t1
+        stages["to_original"] += t3 - t2
+    total = clock() - start
+    tower_s = tower[0]
+    other = total - tower_s
+    return {
+        "case": name, "classes": seg.num_classes, "images": images,
+        "windows_per_image": len(__import__("open_clip_simzss.segmentation", fromlist=["window_grid"]).window_grid(
+            *seg.resized_size(*size), seg.window, seg.stride)),
+        "images_per_s": images / total, "seconds_per_image": total / images,
+        "tower_s_per_image": tower_s / images,
+        "overhead_share": other / total,
+        "overhead_breakdown_s_per_image": {
+            "preprocess (resize, normalise)": stages["preprocess"] / images,
+            "windows minus tower (classifier product, upsample, stitch)": (stages["windows"] - tower_s) / images,
+            "to original size (resize, argmax, confidence)": stages["to_original"] / images,
+        },
+        "classifier_build_s": classifier_s,
+        "classifier_amortised_share": (classifier_s / split) / (total / images + classifier_s / split),
+        "split_size": split,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="simzss-vits14")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--images", type=int, default=2, help="timed images per case (plus one warm-up)")
+    p.add_argument("--templates", default="openai80")
+    p.add_argument("--window-batch-size", type=int, default=4)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    model = open_clip_simzss.create_model(args.model, device=device).eval()
+    tokenizer = open_clip.get_tokenizer(args.model)
+    clock = Clock(device)
+    tower = time_tower(model, clock)
+    print(f"{args.model} on {device} ({torch.get_num_threads()} threads), {args.images} images per case")
+    results = []
+    for name, size, classes, split in CASES:
+        r = run_case(model, tokenizer, clock, tower, name, size, classes, split, args.images, args.templates,
+                     args.window_batch_size)
+        results.append(r)
+        print(f"\n{name}: {r['windows_per_image']} windows, {r['classes']} classes")
+        print(f"  {r['images_per_s']:.3f} images/s ({r['seconds_per_image']:.3f} s/image, "
+              f"vision tower {r['tower_s_per_image']:.3f} s)")
+        print(f"  overhead (not the tower's forward): {100 * r['overhead_share']:.1f} % of the total")
+        for k, v in r["overhead_breakdown_s_per_image"].items():
+            print(f"    {k}: {1000 * v:.1f} ms/image")
+        print(f"  text classifier: {r['classifier_build_s']:.2f} s once = "
+              f"{100 * r['classifier_amortised_share']:.2f} % over the {r['split_size']}-image split")
+    worst = max(r["overhead_share"] for r in results)
+    print(f"\nworst overhead share: {100 * worst:.1f} % (goal <= 10 %)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "device": str(device), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Frozen-feature cache: same loss as the uncached path, keyed on everything that determines the features."""
+import open_clip
+import pytest
+import torch
+import webdataset as wds
+
+import open_clip_simzss
+from open_clip_simzss.concepts import ConceptExtractor
+from open_clip_simzss.data import SampleDecoder
+from open_clip_simzss.feature_cache import FeatureCache, tower_fingerprint
+from open_clip_simzss.loss import SimZSSLoss, total_loss
+from shards import write_shards
+from training.main import cli
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    pattern = write_shards(root / "shards", 2, 6, annotate=ConceptExtractor().annotate, corrupt_keys={"000000004"})
+    torch.manual_seed(0)
+    model, _, preprocess_val = open_clip_simzss.create_model_and_transforms("simzss-tiny")
+    return root, pattern, model, preprocess_val
+
+
+def decoded(pattern, decoder):
+    return list(decoder(wds.DataPipeline(wds.SimpleShardList(pattern), wds.tarfile_to_samples())))
+
+
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-5), ("float16", 2e-2)])
+def test_cached_batch_gives_the_uncached_loss(setup, tokenizer, dtype, atol):
+    root, pattern, model, preprocess_val = setup
+    cache = FeatureCache.for_model(root / "features", model, open_clip.get_model_preprocess_cfg(model), dtype)
+    urls = wds.shardlists.expand_urls(pattern)
+    assert cache.build(urls, model, preprocess_val) == 11  # 12 samples, one corrupt image
+    assert cache.build(urls, model, preprocess_val) == 0   # resumable: nothing left to do
+    plain = decoded(pattern, SampleDecoder(preprocess_val, tokenizer, with_concepts=True))
+    cached_decoder = SampleDecoder(preprocess_val, tokenizer, with_concepts=True, feature_cache=cache)
+    cached = decoded(pattern, cached_decoder)
+    assert len(plain) == len(cached) == 11 and cached_decoder.counter.skipped == 1
+
+    from open_clip_simzss.data import collate_concepts
+    concepts = collate_concepts([s[2] for s in plain], tokenizer.context_length)
+    texts = torch.stack([s[1] for s in plain])
+    loss_fn = SimZSSLoss(lambda_concept=0.5)
+    uncached_out = model(image=torch.stack([s[0] for s in plain]), text=texts, **concepts)
+    cached_out = model(image_features=torch.stack([s[0][0] for s in cached]),
+                       patch_tokens=torch.stack([s[0][1] for s in cached]), text=texts, **concepts)
+    a, b = SimZSSLoss(lambda_concept=0.5)(**uncached_out), loss_fn(**cached_out)
+    assert a["concept_loss"] > 0
+    for k in ("contrastive_loss", "concept_loss"):
+        assert a[k].item() == pytest.approx(b[k].item(), abs=atol), k
+
+
+def test_fingerprint_changes_with_tower_resolution_and_preprocessing(setup):
+    _, _, model, _ = setup
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    base = tower_fingerprint(model, cfg, "float16")
+    assert tower_fingerprint(model, dict(cfg, size=(224, 224)), "float16") != base
+    assert tower_fingerprint(model, dict(cfg, mean=(0.1, 0.2, 0.3)), "float16") != base
+    assert tower_fingerprint(model, cfg, "float32") != base
+    torch.manual_seed(1)
+    other = open_clip_simzss.create_model("simzss-tiny")
+    assert tower_fingerprint(other, cfg, "float16") != base
+    assert tower_fingerprint(model, dict(cfg), "float16") == base
+
+
+def test_training_with_the_cache_and_refusal_with_augmentation(setup, tmp_path, capsys):
+    _, pattern, _, _ = setup
+    argv = ["--model", "simzss-tiny", "--train-data", pattern, "--train-num-samples", "8", "--batch-size", "4",
+            "--workers", "1", "--epochs", "1", "--logs", str(tmp_path / "logs"), "--name", "cached",
+            "--cache-vision-features", str(tmp_path / "features")]
+    assert cli(argv) == 0
+    assert len(list((tmp_path / "features").glob("*/*.dense.npy"))) == 2
+    assert cli(argv[:-2] + ["--name", "aug", "--cache-vision-features", str(tmp_path / "f"),
+                            "--aug-cfg", "scale=(0.5, 1.0)"]) == 2
+    assert "random image augmentation" in capsys.readouterr().err
