@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test bench clean
+.PHONY: install test demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The main job: SimZSS vs LiT on synthetic scenes, trained and evaluated on the CPU (report in demo_output/report/)
+demo: $(STAMP)
+	$(PY) -m open_clip_simzss.demo --output demo_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -112,3 +111,22 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "expected image folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_local_dir_model_brings_its_own_weights(data_root, checkpoint, tmp_path, capsys):
+    import open_clip
+    path, model = checkpoint
+    folder = tmp_path / "tiny-local"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": open_clip.get_model_config("simzss-tiny"),
+        "preprocess_cfg": dict(open_clip.get_model_preprocess_cfg(model)),
+    }))
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    out = tmp_path / "local.json"
+    rc = evaluate.main(["--model", f"local-dir:{folder}", "--dataset", "voc20", "--data-root", str(data_root),
+                        "--limit", "1", "--quiet", "--output", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "random weights" not in err
+    assert json.loads(out.read_text())["random_weights"] is False

@@ -115,6 +115,7 @@ def test_round_trip_copies_every_member_and_adds_concepts(input_dir, tmp_path, e
     assert (stats["samples"], stats["captions"], stats["missing_captions"], stats["undecodable_captions"]) == (
         7, 5, 1, 1)
     assert stats["captions_with_concepts"] == 4  # the empty caption has none
+    assert stats["unreadable_images"] == 1
     assert stats["this_run"]["shards_processed"] == 2 and stats["this_run"]["shards_failed"] == []
     assert dict(stats["top_concepts"])["tennis racket"] == 1
     assert stats["concept_bank"] == "default" and stats["concept_bank_size"] == 278

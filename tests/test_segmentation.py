@@ -178,6 +178,19 @@ def test_sliding_window_equals_whole_image_away_from_window_borders(fake_model, 
     assert logits.abs().max() <= 1 + 1e-5 and logits.std() > 0.05  # cosines, not constant
 
 
+def test_separable_stitching_equals_window_by_window(fake_model, tokenizer):
+    seg = make_segmenter(fake_model, tokenizer, window=32, stride=16)
+    # 3x5 windows; 2 rows of windows with the last one moved back (rows 0 and 8); smaller than the window and
+    # padded from 20 to 24 rows
+    for size in [(64, 96), (40, 90), (20, 100)]:
+        normalized = torch.randn(3, *size)
+        boxes, crop, padded, scores, _ = seg._window_scores(normalized)
+        explicit = seg._stitch_windows(size, boxes, crop, padded, scores)
+        separable = seg._stitch_separable(size, boxes, crop, padded, scores)
+        torch.testing.assert_close(separable, explicit, atol=1e-5, rtol=1e-5)
+        assert explicit.std() > 0.05
+
+
 def test_windows_are_batched_and_cover_protocol_sizes(tokenizer):
     model = PatchLinearModel(patch_size=14)
     seg = make_segmenter(model, tokenizer, window_batch_size=2)
@@ -202,14 +215,29 @@ def test_image_smaller_than_window_is_padded_to_the_patch_grid(fake_model, token
 
 def test_predict_matches_full_resolution_logits(fake_model, tokenizer):
     seg = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, max_chunk_elements=300)
-    image = random_image(45, 70, seed=3)  # resized to 32x50 and back: a real upsampling, in many bands
-    logits = seg.logits(image)
-    for score in ("sigmoid", "softmax"):
-        seg.background_score = score
-        labels, conf = seg.predict_foreground(image)
-        assert torch.equal(labels, logits.argmax(0))
-        torch.testing.assert_close(conf, foreground_confidence(logits, score, seg.background_scale))
-    assert torch.equal(seg.predict(Image.fromarray(image)), logits.argmax(0))
+    # 45x70 is resized to 32x50 and back; 150x230 to 32x49 and 4.7x up, where most output pixels lie between
+    # 4 source pixels of one label (the shortcut) and the rest near label boundaries (computed in chunks);
+    # 32x48 is not resized at all.
+    for image in (random_image(45, 70, seed=3), random_image(150, 230, seed=4), random_image(32, 48, seed=5)):
+        logits = seg.logits(image)
+        for score in ("sigmoid", "softmax"):
+            seg.background_score = score
+            labels, conf = seg.predict_foreground(image)
+            assert torch.equal(labels, logits.argmax(0))
+            torch.testing.assert_close(conf, foreground_confidence(logits, score, seg.background_scale))
+        seg.background_score = "sigmoid"
+        assert torch.equal(seg.predict(Image.fromarray(image)), logits.argmax(0))
+        assert seg.predict_foreground(image, with_confidence=False)[1] is None
+
+
+def test_full_resolution_argmax_when_a_third_class_wins_between_two_pixels(fake_model, tokenizer):
+    seg = make_segmenter(fake_model, tokenizer)
+    # Two source pixels: class 0 wins left, class 1 right; class 2 is second at both and wins in between.
+    stitched = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.9, 0.9]]])
+    labels, conf = seg.reduce_to_size(stitched, (3, 8))
+    ref = F.interpolate(stitched[None], size=(3, 8), mode="bilinear", align_corners=False)[0]
+    assert labels[0].tolist() == [0, 0, 2, 2, 2, 2, 1, 1] and torch.equal(labels, ref.argmax(0))
+    torch.testing.assert_close(conf, torch.sigmoid(ref.max(0).values))
 
 
 # --- background (EVAL_PROTOCOL.md §3) ------------------------------------------------------------------------

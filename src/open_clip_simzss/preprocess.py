@@ -6,7 +6,8 @@
 Every output shard has the same name and the same members, byte for byte and in the same order, as its input
 shard, plus one ``<key>.concepts.json`` member per sample: the record of ``ConceptExtractor.annotate`` for the
 sample's ``txt`` caption (JSON, schema version 1; ``concepts`` is empty when the caption is missing or is not
-UTF-8). Images are not decoded: a corrupt image is copied as it is, for the training loader to skip.
+UTF-8). Images are not decoded: a corrupt image is counted and copied as it is, for the training loader to
+skip.
 
 - Resumable: a shard is written to ``<name>.tmp`` and renamed when complete, after its statistics
   (``stats/<name>.json``); shards whose output exists are skipped.
@@ -42,6 +43,7 @@ from .concepts import CONCEPTS_JSON_VERSION, DEFAULT_SPACY_MODEL, ConceptBank, C
 
 CONCEPTS_MEMBER_SUFFIX = "concepts.json"
 CAPTION_SUFFIX = "txt"
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 TOP_CONCEPTS_IN_SUMMARY = 20
 TOP_CONCEPTS_IN_STATS_FILE = 1000
 STATS_DIRECTORY = "stats"
@@ -141,6 +143,7 @@ class ShardStats:
     concepts: int = 0
     missing_captions: int = 0
     undecodable_captions: int = 0
+    unreadable_images: int = 0  # samples whose image header PIL cannot read (copied through all the same)
     seconds: float = 0.0
     concept_counts: Dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -157,6 +160,20 @@ def _decode_caption(sample: Sample, stats: ShardStats) -> Optional[str]:
         return None
     stats.captions += 1
     return caption
+
+
+def _image_is_readable(sample: Sample) -> bool:
+    """Whether PIL recognises the sample's image. Only the header is parsed: decoding every image would
+    cost more than the captions, and the training loader skips undecodable images anyway."""
+    from PIL import Image, UnidentifiedImageError
+
+    for info, data in sample.members:
+        if data is not None and split_member_name(info.name)[1].lower() in IMAGE_SUFFIXES:
+            try:
+                Image.open(io.BytesIO(data)).close()
+            except (UnidentifiedImageError, OSError, ValueError):
+                return False
+    return True
 
 
 def _concepts_member(sample: Sample, record: dict) -> Tuple[tarfile.TarInfo, bytes]:
@@ -191,7 +208,8 @@ def _write_batch(batch: List[Sample], extractor: ConceptExtractor, writer: tarfi
         if sample.key:
             info, payload = _concepts_member(sample, record)
             writer.addfile(info, io.BytesIO(payload))
-        stats.samples += bool(sample.key)
+            stats.samples += 1
+            stats.unreadable_images += not _image_is_readable(sample)
 
 
 def stats_path_for(output_path: str) -> str:
@@ -332,7 +350,7 @@ def _summarize(shards: List[ShardStats]) -> dict:
     totals = {
         field: sum(getattr(shard, field) for shard in shards)
         for field in ("samples", "captions", "captions_with_concepts", "concepts", "missing_captions",
-                      "undecodable_captions")
+                      "undecodable_captions", "unreadable_images")
     }
     captions = totals["captions"]
     return {
@@ -356,8 +374,8 @@ def _print_summary(summary: dict) -> None:
     print(
         f"all {summary['shards']} finished shards: {summary['samples']} samples, {summary['captions']} captions, "
         f"{share * 100 if share is not None else 0:.1f} % with at least one concept, {summary['concepts']} "
-        f"concepts ({summary['distinct_concepts']} distinct); missing captions {summary['missing_captions']}, "
-        f"undecodable {summary['undecodable_captions']}",
+        f"concepts ({summary['distinct_concepts']} distinct); captions missing {summary['missing_captions']}, "
+        f"not UTF-8 {summary['undecodable_captions']}; unreadable images {summary['unreadable_images']}",
         file=sys.stderr,
     )
     top = summary["top_concepts"][:TOP_CONCEPTS_IN_SUMMARY]

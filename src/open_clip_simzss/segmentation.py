@@ -9,10 +9,17 @@ Pipeline of :class:`ZeroShotSegmenter` (EVAL_PROTOCOL.md §1):
 3. 448x448 windows with stride 224 are placed as MMSeg does (:func:`window_grid`, §1.3); the windows of one
    image are encoded in batches;
 4. per window, the l2-normalised patch tokens are multiplied with the l2-normalised text classifier ->
-   patch-level cosine similarities, bilinearly upsampled to the window (optionally refined with PAMR), summed
-   into the stitched map and divided by the per-pixel window count (§1.3-1.4);
+   patch-level cosine similarities, bilinearly upsampled to the window (optionally refined with PAMR, with the
+   window's image, as TCL does), summed into the stitched map and divided by the per-pixel window count
+   (§1.3-1.4);
 5. the stitched map is resized bilinearly (align_corners=False) to the original image size and the label is
    the argmax (§1.4).
+
+Steps 4-5 are linear maps, so they are computed in cheaper but equivalent ways (tests compare them with the
+step-by-step version): the stitching as two matrix products (``_stitch_separable``; PAMR, which is not linear,
+takes the window-by-window path), and the full-resolution argmax/confidence without materialising C x H x W
+scores (``reduce_to_size``). Memory is bounded by the resized image (C x h x w, h x w <= 448 x 2048) plus
+``window_batch_size`` windows, whatever the original size.
 
 Score semantics
 ---------------
@@ -40,6 +47,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -244,6 +252,28 @@ def _bilinear_taps(n_in: int, n_out: int, device) -> Tuple[torch.Tensor, torch.T
     return i0.to(device), i1.to(device), w1.to(device)
 
 
+def _interpolation_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
+    """[n_out, n_in] matrix of 1-D bilinear resizing (align_corners=False): rows are convex weights."""
+    i0, i1, w1 = _bilinear_taps(n_in, n_out, device)
+    m = torch.zeros(n_out, n_in, device=device)
+    rows = torch.arange(n_out, device=device)
+    m.index_put_((rows, i0), 1 - w1, accumulate=True)
+    m.index_put_((rows, i1), w1, accumulate=True)
+    return m
+
+
+def _placement_matrix(length: int, spans, n_patches: int, padded: int, device) -> torch.Tensor:
+    """[length, len(spans) * n_patches]: window k's patches upsampled to ``padded`` pixels, cut to its span
+    (a, b) and placed at a; each pixel's row divided by the number of windows that cover it."""
+    m = torch.zeros(length, len(spans) * n_patches, device=device)
+    up = _interpolation_matrix(n_patches, padded, device)
+    count = torch.zeros(length, 1, device=device)
+    for k, (a, b) in enumerate(spans):
+        m[a:b, k * n_patches:(k + 1) * n_patches] = up[: b - a]
+        count[a:b] += 1
+    return m / count
+
+
 def to_uint8_image(image) -> torch.Tensor:
     """PIL image, uint8 numpy array or uint8 tensor -> uint8 tensor [3, H, W].
 
@@ -257,9 +287,13 @@ def to_uint8_image(image) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image array, got {image.dtype}")
+        if not image.flags.writeable:  # np.asarray(PIL image) is read-only; torch wants writable memory
+            image = image.copy()
+        image = torch.from_numpy(image)
         if image.ndim == 3 and (image.shape[-1] in (3, 4) or image.shape[0] not in (1, 3, 4)):
-            image = image.transpose(2, 0, 1)  # HWC -> CHW
-        image = torch.from_numpy(np.ascontiguousarray(image))
+            # HWC -> CHW as a view: the float copy made for resizing keeps this (channels-last) layout, in
+            # which bilinear resizing of 3-channel images is fastest
+            image = image.permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         if image.ndim == 3 and image.shape[0] not in (1, 3, 4) and image.shape[-1] in (1, 3, 4):
             image = image.permute(2, 0, 1)  # HWC -> CHW
@@ -274,14 +308,6 @@ def to_uint8_image(image) -> torch.Tensor:
     if image.shape[0] == 1:
         return image.expand(3, -1, -1)
     return image[:3]
-
-
-def confidence_from_scores(max_cos: torch.Tensor, sum_exp: Optional[torch.Tensor], background_score: str
-                           ) -> torch.Tensor:
-    """Foreground confidence from the max cosine and (softmax) sum_c exp(s * (cos_c - max_cos))."""
-    if background_score == "sigmoid":
-        return torch.sigmoid(max_cos)
-    return sum_exp.reciprocal()
 
 
 def foreground_confidence(logits: torch.Tensor, background_score: str = "sigmoid",
@@ -324,7 +350,8 @@ class ZeroShotSegmenter:
         window_batch_size: windows encoded per forward (bounds the vision tower's memory).
         device: where inference runs (default: the model's device).
         mean, std: image normalisation (default: the tower's own, ``open_clip.get_model_preprocess_cfg``).
-        max_chunk_elements: bound on the elements of one band of full-resolution scores in ``predict``.
+        text_batch_size: prompts per text-tower forward when the classifier is built.
+        max_chunk_elements: bound on the temporary elements of the full-resolution step of ``predict``.
     """
 
     def __init__(
@@ -368,7 +395,6 @@ class ZeroShotSegmenter:
         self.class_names = _synonym_lists(class_names)
         self.templates = get_templates(templates)
         if mean is None or std is None:
-            import open_clip
             cfg = open_clip.get_model_preprocess_cfg(model)
             if "mean" not in cfg or "std" not in cfg:
                 raise ValueError("the model has no preprocess mean/std: pass mean= and std=")
@@ -408,34 +434,66 @@ class ZeroShotSegmenter:
         tokens = F.normalize(tokens.float(), dim=-1)
         return self.classifier.scores(tokens).permute(0, 3, 1, 2)
 
-    @torch.no_grad()
-    def stitched_logits(self, normalized: torch.Tensor) -> torch.Tensor:
-        """Slide inference on a normalised resized image [3, h, w] -> averaged cosine map [C, h, w] (§1.3)."""
+    def _window_scores(self, normalized: torch.Tensor):
+        """Patch scores of every window: (boxes, crop size, padded size, [N, C, hp, wp], crops or None)."""
         height, width = normalized.shape[-2:]
         boxes = window_grid(height, width, self.window, self.stride)
-        crop_h, crop_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]  # all windows have one size
-        p = self.patch_size
+        crop = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])  # all windows have one size
         # A crop that is not a multiple of the patch size (only when the image is smaller than the window and
         # its side is odd-sized) is padded with the mean colour (0 after normalisation) at the bottom/right;
         # its patch scores are upsampled to the padded size and the padding is cut off again.
-        pad_h, pad_w = -crop_h % p, -crop_w % p
-        stitched = torch.zeros(self.num_classes, height, width, device=self.device)
-        count = torch.zeros(1, height, width, device=self.device)
+        p = self.patch_size
+        padded = (crop[0] + -crop[0] % p, crop[1] + -crop[1] % p)
+        scores, all_crops = [], []
         for start in range(0, len(boxes), self.window_batch_size):
-            batch = boxes[start: start + self.window_batch_size]
-            crops = torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in batch])
-            if pad_h or pad_w:
-                crops = F.pad(crops, (0, pad_w, 0, pad_h))
-            scores = self._patch_scores(crops)
-            for i, (y1, y2, x1, x2) in enumerate(batch):
-                # One window at a time: a batch of C x 448 x 448 maps would be C/3 times the size of the images.
-                up = F.interpolate(scores[i: i + 1], size=(crop_h + pad_h, crop_w + pad_w), mode="bilinear",
-                                   align_corners=False)[:, :, :crop_h, :crop_w]
-                if self.pamr is not None:
-                    up = self.pamr(crops[i: i + 1, :, :crop_h, :crop_w], up)
-                stitched[:, y1:y2, x1:x2] += up[0]
-                count[:, y1:y2, x1:x2] += 1
+            crops = torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in
+                                 boxes[start: start + self.window_batch_size]])
+            if padded != crop:
+                crops = F.pad(crops, (0, padded[1] - crop[1], 0, padded[0] - crop[0]))
+            scores.append(self._patch_scores(crops))
+            if self.pamr is not None:
+                all_crops.append(crops[:, :, :crop[0], :crop[1]])
+        crops = torch.cat(all_crops) if all_crops else None
+        return boxes, crop, padded, torch.cat(scores), crops
+
+    @torch.no_grad()
+    def stitched_logits(self, normalized: torch.Tensor) -> torch.Tensor:
+        """Slide inference on a normalised resized image [3, h, w] -> averaged cosine map [C, h, w] (§1.3-1.4):
+        per window, patch scores upsampled bilinearly to the window, summed, divided by the window count."""
+        boxes, crop, padded, scores, crops = self._window_scores(normalized)
+        if self.pamr is not None:
+            return self._stitch_windows(normalized.shape[-2:], boxes, crop, padded, scores, crops)
+        return self._stitch_separable(normalized.shape[-2:], boxes, crop, padded, scores)
+
+    def _stitch_windows(self, size, boxes, crop, padded, scores, crops=None) -> torch.Tensor:
+        """The protocol step by step: upsample each window (then PAMR, which is not linear), add, divide."""
+        stitched = torch.zeros(scores.shape[1], *size, device=scores.device)
+        count = torch.zeros(1, *size, device=scores.device)
+        for i, (y1, y2, x1, x2) in enumerate(boxes):
+            # One window at a time: a batch of C x 448 x 448 maps would be C/3 times the size of the images.
+            up = F.interpolate(scores[i: i + 1], size=padded, mode="bilinear",
+                               align_corners=False)[:, :, :crop[0], :crop[1]]
+            if crops is not None and self.pamr is not None:
+                up = self.pamr(crops[i: i + 1], up)
+            stitched[:, y1:y2, x1:x2] += up[0]
+            count[:, y1:y2, x1:x2] += 1
         return stitched.div_(count)
+
+    def _stitch_separable(self, size, boxes, crop, padded, scores) -> torch.Tensor:
+        """The same map as ``_stitch_windows`` from two matrix products. Bilinear upsampling is separable and
+        linear, the windows form a grid (rows x columns) and the window count of a pixel is (windows over its
+        row) x (windows over its column), so upsample + place + sum + divide is ``B_y @ P @ B_x^T``: P holds the
+        patch scores of window (r, c) in block (r, c), and B_y / B_x put each window's patch rows / columns at
+        its pixels with bilinear weights, divided by the per-row / per-column count."""
+        rows = sorted({(y1, y2) for y1, y2, _, _ in boxes})
+        cols = sorted({(x1, x2) for _, _, x1, x2 in boxes})
+        num, num_classes, hp, wp = scores.shape
+        # boxes are row-major over the grid: window (r, c) is boxes[r * len(cols) + c]
+        grid = scores.view(len(rows), len(cols), num_classes, hp, wp).permute(2, 0, 3, 1, 4)
+        grid = grid.reshape(num_classes, len(rows) * hp, len(cols) * wp)
+        b_y = _placement_matrix(size[0], rows, hp, padded[0], scores.device)
+        b_x = _placement_matrix(size[1], cols, wp, padded[1], scores.device)
+        return b_y @ (grid @ b_x.t())
 
     @torch.no_grad()
     def logits(self, image) -> torch.Tensor:
@@ -462,27 +520,111 @@ class ZeroShotSegmenter:
 
     def reduce_to_size(self, stitched: torch.Tensor, size: Tuple[int, int], with_confidence: bool = True
                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Bilinear resize of [C, h, w] to ``size`` (§1.4) fused with the argmax and the confidence."""
+        """The argmax and the confidence of the bilinear resize (align_corners=False) of [C, h, w] to ``size``
+        (§1.4), exactly, without materialising the C x H x W scores.
+
+        Bilinear interpolation mixes the same 2x2 source pixels with the same convex weights for every class:
+
+        - where the 4 source pixels share their argmax c, the interpolated argmax is c and the interpolated max
+          is the interpolation of the max map (most pixels);
+        - elsewhere, a class that is the argmax of none of the 4 is below its second-best score at each of
+          them, so below the interpolated second-best map; when the best of the (at most 4) corner labels
+          beats that bound, it is the argmax. Only the remaining pixels need all C classes.
+
+        Pixels are processed in chunks (``max_chunk_elements``). The softmax confidence needs every class
+        everywhere and is computed in row bands.
+        """
         num_classes, h, w = stitched.shape
         out_h, out_w = size
-        rows0, rows1, row_w = _bilinear_taps(h, out_h, stitched.device)
-        cols0, cols1, col_w = _bilinear_taps(w, out_w, stitched.device)
-        labels = torch.empty(out_h, out_w, dtype=torch.long, device=stitched.device)
-        confidence = torch.empty(out_h, out_w, device=stitched.device) if with_confidence else None
+        device = stitched.device
+        if (h, w) == (out_h, out_w):  # nothing to resize
+            labels = stitched.argmax(dim=0)
+            if not with_confidence:
+                return labels, None
+            return labels, foreground_confidence(stitched, self.background_score, self.background_scale)
+        rows0, rows1, row_w = _bilinear_taps(h, out_h, device)
+        cols0, cols1, col_w = _bilinear_taps(w, out_w, device)
+        flat = stitched.reshape(num_classes, h * w)
+        best, label = flat.max(dim=0)
+        # finite "minus infinity": -inf times a zero weight would be NaN
+        second = flat.scatter(0, label[None], torch.finfo(flat.dtype).min).amax(dim=0)
+        grid = label.view(h, w)
+        # Same label as the right, lower and lower-right neighbours (edges clamped like the taps).
+        right = torch.cat([grid[:, 1:], grid[:, -1:]], dim=1)
+        down = torch.cat([grid[1:], grid[-1:]], dim=0)
+        diag = torch.cat([right[1:], right[-1:]], dim=0)
+        uniform = (grid == right) & (grid == down) & (grid == diag)
+        labels = grid.index_select(0, rows0).index_select(1, cols0)
+        mixed = ~uniform.index_select(0, rows0).index_select(1, cols0)
+        sigmoid = with_confidence and self.background_score == "sigmoid"
+        confidence = None
+        if sigmoid:
+            confidence = torch.sigmoid(F.interpolate(best.view(1, 1, h, w), size=size, mode="bilinear",
+                                                     align_corners=False)[0, 0])
+        # Per mixed source cell (top-left source pixel r * w + c), once: its 4 corners, their labels (the
+        # candidates), the candidates' scores at the corners and the corners' second-best scores.
+        cell = torch.nonzero(~uniform.reshape(-1)).squeeze(1)
+        r, c = cell // w, cell % w
+        down_ = torch.where(r < h - 1, w, 0)
+        right1 = torch.where(c < w - 1, 1, 0)
+        corners = torch.stack([cell, cell + right1, cell + down_, cell + down_ + right1], dim=1)  # [m, 4]
+        candidates = label[corners]  # [m, 4]
+        cell_table = torch.cat([
+            flat.reshape(-1)[candidates.unsqueeze(2) * (h * w) + corners.unsqueeze(1)].reshape(-1, 16),
+            second[corners],
+        ], dim=1)  # [m, 20]: candidate x corner scores, then the corners' second-best scores
+        row_of_cell = torch.full((h * w,), -1, dtype=torch.long, device=device)
+        row_of_cell[cell] = torch.arange(cell.numel(), device=device)
+
+        ys, xs = mixed.nonzero(as_tuple=True)
+        chunk = max(1, self.max_chunk_elements // (4 * max(num_classes, 5)))
+        flat_labels = labels.view(-1)
+        flat_conf = confidence.view(-1) if sigmoid else None
+        for start in range(0, ys.numel(), chunk):
+            y, x = ys[start: start + chunk], xs[start: start + chunk]
+            k = row_of_cell[rows0[y] * w + cols0[x]]
+            wy, wx = row_w[y].unsqueeze(1), col_w[x].unsqueeze(1)
+            table = cell_table.index_select(0, k)
+            scores = table[:, :16].view(-1, 4, 4)  # [n, candidate, corner]
+            # bilinear weights as two lerps: along x on both source rows, then along y
+            scores = torch.lerp(torch.lerp(scores[..., 0], scores[..., 1], wx),
+                                torch.lerp(scores[..., 2], scores[..., 3], wx), wy)
+            top, pick = scores.max(dim=1)
+            bound = torch.lerp(torch.lerp(table[:, 16:17], table[:, 17:18], wx),
+                               torch.lerp(table[:, 18:19], table[:, 19:20], wx), wy).squeeze(1)
+            winner = candidates.index_select(0, k).gather(1, pick[:, None]).squeeze(1)
+            unsure = (top < bound).nonzero().squeeze(1)
+            if unsure.numel():  # another class may win: all classes for these few pixels
+                cols = flat.index_select(1, corners.index_select(0, k[unsure]).reshape(-1))
+                cols = cols.view(num_classes, -1, 4)
+                wyu, wxu = wy[unsure].view(1, -1), wx[unsure].view(1, -1)
+                full = torch.lerp(torch.lerp(cols[..., 0], cols[..., 1], wxu),
+                                  torch.lerp(cols[..., 2], cols[..., 3], wxu), wyu)
+                top[unsure], winner[unsure] = full.max(dim=0)
+            pixel = y * out_w + x
+            flat_labels[pixel] = winner
+            if sigmoid:
+                flat_conf[pixel] = torch.sigmoid(top)
+        if with_confidence and not sigmoid:
+            confidence = self._softmax_confidence(stitched, size, rows0, rows1, row_w)
+        return labels, confidence
+
+    def _softmax_confidence(self, stitched, size, rows0, rows1, row_w) -> torch.Tensor:
+        """max_c softmax(s * cos)_c at full resolution, one band of output rows at a time. Bilinear resizing is
+        separable: per band, the two source rows of each output row are blended (at the small source width), then
+        ``F.interpolate`` widens the band (same height in and out, so rows are unchanged)."""
+        num_classes, h, w = stitched.shape
+        out_h, out_w = size
+        confidence = torch.empty(out_h, out_w, device=stitched.device)
         band = max(1, self.max_chunk_elements // max(1, num_classes * max(out_w, w)))
-        softmax = with_confidence and self.background_score == "softmax"
         for r in range(0, out_h, band):
             sl = slice(r, min(r + band, out_h))
-            wy = row_w[sl].view(1, -1, 1)
-            rows = torch.lerp(stitched[:, rows0[sl]], stitched[:, rows1[sl]], wy)  # [C, b, w]
-            scores = torch.lerp(rows[:, :, cols0], rows[:, :, cols1], col_w)  # [C, b, out_w]
-            best, labels[sl] = scores.max(dim=0)
-            if with_confidence:
-                sum_exp = None
-                if softmax:
-                    sum_exp = scores.sub_(best).mul_(self.background_scale).exp_().sum(dim=0)
-                confidence[sl] = confidence_from_scores(best, sum_exp, self.background_score)
-        return labels, confidence
+            rows = torch.lerp(stitched[:, rows0[sl]], stitched[:, rows1[sl]], row_w[sl].view(1, -1, 1))
+            scores = rows if out_w == w else F.interpolate(
+                rows[None], size=(rows.shape[1], out_w), mode="bilinear", align_corners=False)[0]
+            best = scores.amax(dim=0)
+            confidence[sl] = scores.sub_(best).mul_(self.background_scale).exp_().sum(dim=0).reciprocal_()
+        return confidence
 
     @torch.no_grad()
     def predict(self, image) -> torch.Tensor:

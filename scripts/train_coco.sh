@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# SimZSS on COCO Captions with the paper's recipe (SPEC §4; paper §4.1.3, Tables 12-13).
+#
+# Usage:
+#   scripts/train_coco.sh [--dry-run] [extra training.main flags ...]
+#   DATA=data/coco/concepts NUM_GPUS=8 scripts/train_coco.sh           # one node, torchrun
+#   DRY_RUN=1 scripts/train_coco.sh                                     # print the command, run nothing
+#   sbatch scripts/slurm/lumi.sbatch   (runs this script in each srun task with LAUNCHER=python)
+#
+# Recipe (defaults): simzss-vitb14 (frozen DINOv2 ViT-B/14 reg4), 224 px, lambda 0.05, global batch 16,384,
+# ~4M samples seen (= 7 epochs of 35 steps, ~6.8 passes over COCO's 591,753 pairs), AdamW (0.9, 0.98),
+# eps 1e-6, wd 0.2, peak lr = LR_BASE x GLOBAL_BATCH / 256, 10 % linear warm-up then cosine, amp_bf16.
+# Extra arguments go to training.main after the recipe's flags, so they override them (argparse: last wins).
+# LR_BASE: the paper sweeps {8e-5, 3e-5, 8e-6, 3e-6} x batch/256; 3e-5 is the value of the authors' released COCO
+# run (args_coco.json of github.com/tileb1/simzss, ViT-B/14), which passed it to OpenCLIP as a flat --lr, not
+# scaled by batch/256. This script follows the paper's rule (3e-5 x 64 = 1.92e-3 at batch 16,384); LR=3e-5 gives
+# the release's setting instead.
+#
+# Environment variables (all optional):
+#   MODEL=simzss-vitb14       DATA=data/coco/concepts (directory of NNNNN.tar shards, or a brace pattern)
+#   LAMBDA_CONCEPT=0.05       (0 = LiT; see scripts/train_lit.sh)
+#   GLOBAL_BATCH=16384        PER_GPU_BATCH=GLOBAL_BATCH/WORLD_SIZE (setting it sets GLOBAL_BATCH instead)
+#   LR_BASE=3e-5              LR=LR_BASE*GLOBAL_BATCH/256 (set LR to bypass the scaling rule)
+#   SAMPLES_SEEN=4000000      EPOCHS=7      WARMUP_FRACTION=0.1      WORKERS=7 (loader workers per GPU)
+#   PRECISION=amp_bf16  WD=0.2  BETA1=0.9  BETA2=0.98  EPS=1e-6
+#   VISION_WEIGHTS=PATH       local DINOv2 weights (offline); otherwise --pretrained-image downloads them
+#   PRETRAINED_IMAGE=1        0: random vision tower (smoke tests only)   IMAGE_SIZE=224 ("": the config's)
+#   LOGS=logs  NAME=coco-<model>-lambda<l>-<job id or date>  (re-running the same NAME resumes it)
+#   LAUNCHER=torchrun|python  torchrun: one node, NUM_GPUS processes (NNODES>1: also NODE_RANK, MASTER_ADDR,
+#                             MASTER_PORT); python: one process, the caller (srun) starts one per GPU.
+#   NUM_GPUS=<nvidia-smi count, else 8>   NNODES=1   WORLD_SIZE=NNODES*NUM_GPUS (python: SLURM_NTASKS)
+#   PYTHON=.venv/bin/python if present, else python3     TORCHRUN=torchrun next to PYTHON, else on PATH
+#   EVAL_DATA_ROOT=DIR        after training, rank 0 runs open_clip_simzss.evaluate --dataset all on DIR
+#   DRY_RUN=1 (or --dry-run)  print the recipe and the final command(s) instead of running them
+#
+# torchrun (torch 2.14) needs "--" before the module: torchrun ... -m -- training.main --logs ...
+# (otherwise torchrun takes training.main's --logs for its own --logs-specs).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+DRY_RUN="${DRY_RUN:-0}"
+EXTRA=()
+for arg in "$@"; do
+    if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else EXTRA+=("$arg"); fi
+done
+
+RANK0=$([[ "${SLURM_PROCID:-0}" == 0 ]] && echo 1 || echo 0)  # print notes once, not once per srun task
+die() { echo "error: $*" >&2; exit 2; }
+# awk float arithmetic: calc '<expr>' -v name=value ...
+calc() { local expr="$1"; shift; awk "$@" "BEGIN { printf \"%.10g\", $expr }"; }
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+# A command as one line a shell can re-read: words with special characters in single quotes.
+print_cmd() {
+    local out="" word
+    for word in "$@"; do
+        if [[ "$word" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then out+="$word "
+        else out+="'${word//\'/\'\\\'\'}' "; fi
+    done
+    echo "${out% }"
+}
+
+if [[ -n "${PYTHON:-}" ]]; then :
+elif [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"
+else PYTHON=python3; fi
+
+MODEL="${MODEL:-simzss-vitb14}"
+DATA="${DATA:-data/coco/concepts}"
+NUM_SHARDS="${NUM_SHARDS:-296}"  # used only when DATA is a directory that does not exist yet (dry runs)
+LAMBDA_CONCEPT="${LAMBDA_CONCEPT:-0.05}"
+GLOBAL_BATCH="${GLOBAL_BATCH:-16384}"
+LR_BASE="${LR_BASE:-3e-5}"
+SAMPLES_SEEN="${SAMPLES_SEEN:-4000000}"
+EPOCHS="${EPOCHS:-7}"
+WARMUP_FRACTION="${WARMUP_FRACTION:-0.1}"
+WORKERS="${WORKERS:-7}"
+PRECISION="${PRECISION:-amp_bf16}"
+IMAGE_SIZE="${IMAGE_SIZE-224}"          # empty: the model config's own size
+PRETRAINED_IMAGE="${PRETRAINED_IMAGE:-1}"
+WD="${WD:-0.2}"
+BETA1="${BETA1:-0.9}"
+BETA2="${BETA2:-0.98}"
+EPS="${EPS:-1e-6}"
+SEED="${SEED:-0}"
+LOGS="${LOGS:-logs}"
+LOG_EVERY="${LOG_EVERY:-5}"
+LAUNCHER="${LAUNCHER:-torchrun}"
+NNODES="${NNODES:-1}"
+
+for var in GLOBAL_BATCH SAMPLES_SEEN EPOCHS WORKERS NNODES LOG_EVERY; do
+    is_uint "${!var}" || die "$var=${!var} is not a non-negative integer"
+done
+(( EPOCHS > 0 && NNODES > 0 && GLOBAL_BATCH > 0 )) || die "EPOCHS, NNODES and GLOBAL_BATCH must be positive"
+
+# ---- processes -------------------------------------------------------------------------------------------
+case "$LAUNCHER" in
+    python)
+        WORLD_SIZE="${WORLD_SIZE:-${SLURM_NTASKS:-1}}"
+        ;;
+    torchrun)
+        if [[ -z "${NUM_GPUS:-}" ]]; then
+            if [[ -n "${WORLD_SIZE:-}" ]]; then
+                NUM_GPUS=$(( WORLD_SIZE / NNODES ))
+            elif command -v nvidia-smi >/dev/null 2>&1 && n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') \
+                    && [[ "$n" -gt 0 ]]; then
+                NUM_GPUS="$n"
+            else
+                NUM_GPUS=8  # the paper's node: 8 GPUs (4 MI250x = 8 GCDs)
+            fi
+        fi
+        is_uint "$NUM_GPUS" && [[ "$NUM_GPUS" -gt 0 ]] || die "NUM_GPUS=$NUM_GPUS is not a positive integer"
+        WORLD_SIZE=$(( NNODES * NUM_GPUS ))
+        ;;
+    *) die "LAUNCHER=$LAUNCHER: use torchrun or python" ;;
+esac
+is_uint "$WORLD_SIZE" && [[ "$WORLD_SIZE" -gt 0 ]] || die "WORLD_SIZE=$WORLD_SIZE is not a positive integer"
+
+# ---- batch and learning rate -----------------------------------------------------------------------------
+if [[ -n "${PER_GPU_BATCH:-}" ]]; then
+    is_uint "$PER_GPU_BATCH" || die "PER_GPU_BATCH=$PER_GPU_BATCH is not an integer"
+    GLOBAL_BATCH=$(( PER_GPU_BATCH * WORLD_SIZE ))
+else
+    (( GLOBAL_BATCH % WORLD_SIZE == 0 )) || die "GLOBAL_BATCH=$GLOBAL_BATCH is not divisible by $WORLD_SIZE processes"
+    PER_GPU_BATCH=$(( GLOBAL_BATCH / WORLD_SIZE ))
+fi
+[[ "$PER_GPU_BATCH" -gt 0 ]] || die "per-GPU batch is 0"
+if [[ -z "${LR:-}" ]]; then
+    LR=$(calc 'base * batch / 256' -v base="$LR_BASE" -v batch="$GLOBAL_BATCH")
+    LR_RULE="LR_BASE $LR_BASE x $GLOBAL_BATCH/256"
+else
+    LR_RULE="LR set explicitly"
+fi
+
+# ---- schedule --------------------------------------------------------------------------------------------
+# training.main rounds an epoch up to a multiple of (workers per GPU) batches; epochs are sized here as such a
+# multiple so that the trainer's step count is exactly the one the warm-up is computed from.
+STEPS_PER_EPOCH=$(calc 'int((n + e * b - 1) / (e * b))' -v n="$SAMPLES_SEEN" -v e="$EPOCHS" -v b="$GLOBAL_BATCH")
+W=$(( WORKERS > 0 ? WORKERS : 1 ))
+STEPS_PER_EPOCH=$(( (STEPS_PER_EPOCH + W - 1) / W * W ))
+TRAIN_NUM_SAMPLES=$(( STEPS_PER_EPOCH * GLOBAL_BATCH ))  # per epoch, all processes together
+TOTAL_STEPS=$(( STEPS_PER_EPOCH * EPOCHS ))
+WARMUP="${WARMUP:-$(calc 'int(f * s + 0.5)' -v f="$WARMUP_FRACTION" -v s="$TOTAL_STEPS")}"
+
+# ---- data ------------------------------------------------------------------------------------------------
+if [[ "$DATA" == *.tar* || "$DATA" == *"::"* || "$DATA" == *"://"* ]]; then
+    TRAIN_DATA="$DATA"                      # a shard pattern (or several joined by ::), used as given
+elif [[ -d "$DATA" ]]; then
+    shopt -s nullglob
+    tars=("$DATA"/[0-9]*.tar)
+    shopt -u nullglob
+    (( ${#tars[@]} > 0 )) || die "no NNNNN.tar shards in $DATA"
+    first=$(basename "${tars[0]}" .tar)
+    last=$(basename "${tars[${#tars[@]}-1]}" .tar)
+    TRAIN_DATA="${DATA%/}/{${first}..${last}}.tar"
+elif [[ "$DRY_RUN" == 1 ]]; then
+    TRAIN_DATA="${DATA%/}/{00000..$(printf '%05d' $(( NUM_SHARDS - 1 )))}.tar"
+else
+    die "DATA=$DATA is neither a shard directory nor a .tar pattern (run scripts/download_coco.sh first)"
+fi
+
+LAMBDA_TAG=$([[ "$(calc 'l == 0' -v l="$LAMBDA_CONCEPT")" == 1 ]] && echo lit || echo "lambda${LAMBDA_CONCEPT}")
+NAME="${NAME:-coco-${MODEL}-${LAMBDA_TAG}-${SLURM_JOB_ID:-$(date +%Y%m%d-%H%M%S)}}"
+
+ARGS=(
+    --model "$MODEL"
+    --train-data "$TRAIN_DATA" --dataset-type webdataset --train-num-samples "$TRAIN_NUM_SAMPLES"
+    --epochs "$EPOCHS" --batch-size "$PER_GPU_BATCH" --workers "$WORKERS"
+    --lr "$LR" --warmup "$WARMUP" --lr-scheduler cosine
+    --opt adamw --beta1 "$BETA1" --beta2 "$BETA2" --eps "$EPS" --wd "$WD"
+    --precision "$PRECISION"
+    --lambda-concept "$LAMBDA_CONCEPT"
+    --local-loss --gather-with-grad
+    --seed "$SEED" --log-every-n-steps "$LOG_EVERY"
+    --logs "$LOGS" --name "$NAME" --resume latest
+    --save-frequency 1 --save-most-recent --delete-previous-checkpoint
+)
+if [[ -n "$IMAGE_SIZE" ]]; then ARGS+=(--force-image-size "$IMAGE_SIZE"); fi
+if [[ "$PRETRAINED_IMAGE" == 1 ]]; then ARGS+=(--pretrained-image); fi
+if [[ -n "${VISION_WEIGHTS:-}" ]]; then ARGS+=(--vision-weights "$VISION_WEIGHTS"); fi
+ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
+for arg in ${EXTRA[@]+"${EXTRA[@]}"}; do
+    case "$arg" in
+        --epochs|--batch-size|--train-num-samples|--warmup|--lr|--epochs=*|--batch-size=*|--train-num-samples=*|\
+        --warmup=*|--lr=*)
+            if [[ "$RANK0" == 1 ]]; then
+                echo "warning: $arg in the extra arguments overrides the recipe, which computed lr and warm-up" \
+                     "from its own values: prefer EPOCHS, SAMPLES_SEEN, GLOBAL_BATCH/PER_GPU_BATCH, LR_BASE or LR" >&2
+            fi ;;
+    esac
+done
+
+if [[ "$LAUNCHER" == torchrun ]]; then
+    if [[ -n "${TORCHRUN:-}" ]]; then read -r -a CMD <<< "$TORCHRUN"
+    elif [[ -x "$(dirname "$PYTHON")/torchrun" ]]; then CMD=("$(dirname "$PYTHON")/torchrun")
+    elif command -v torchrun >/dev/null 2>&1; then CMD=(torchrun)
+    else CMD=("$PYTHON" -m torch.distributed.run); fi
+    CMD+=(--nproc_per_node "$NUM_GPUS")
+    if (( NNODES > 1 )); then
+        CMD+=(--nnodes "$NNODES" --node_rank "${NODE_RANK:?NODE_RANK is needed when NNODES > 1}"
+              --master_addr "${MASTER_ADDR:?MASTER_ADDR is needed when NNODES > 1}"
+              --master_port "${MASTER_PORT:-29500}")
+    else
+        CMD+=(--standalone)
+    fi
+    CMD+=(-m -- training.main "${ARGS[@]}")   # the "--" is required, see the header
+else
+    CMD=("$PYTHON" -u -m training.main "${ARGS[@]}")
+fi
+
+EVAL_CMD=()
+if [[ -n "${EVAL_DATA_ROOT:-}" ]]; then
+    EVAL_CMD=("$PYTHON" -m open_clip_simzss.evaluate --model "$MODEL"
+              --checkpoint "$LOGS/$NAME/checkpoints/epoch_${EPOCHS}.pt" --dataset all
+              --data-root "$EVAL_DATA_ROOT" --background-sweep 0.3:0.7:0.05 --precision bf16
+              --output "$LOGS/$NAME/segmentation.json")
+fi
+
+if [[ "$DRY_RUN" == 1 || "$RANK0" == 1 ]]; then
+    {
+        echo "# recipe: $WORLD_SIZE processes x $PER_GPU_BATCH = global batch $GLOBAL_BATCH; lr $LR ($LR_RULE)"
+        echo "# schedule: $EPOCHS epochs x $STEPS_PER_EPOCH steps = $TOTAL_STEPS steps," \
+             "$(( TOTAL_STEPS * GLOBAL_BATCH )) samples seen; warm-up $WARMUP steps, then cosine"
+    } >&2
+fi
+if [[ "$DRY_RUN" == 1 ]]; then
+    print_cmd "${CMD[@]}"
+    if (( ${#EVAL_CMD[@]} )); then print_cmd "${EVAL_CMD[@]}"; fi
+    exit 0
+fi
+
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # training.main importable without pip install -e
+"${CMD[@]}"
+if (( ${#EVAL_CMD[@]} )) && [[ "$RANK0" == 1 ]]; then
+    "${EVAL_CMD[@]}"
+fi
