@@ -153,3 +153,23 @@ def test_checkpoint_loads_into_plain_open_clip(tmp_path, tokenizer):
     x, text = torch.randn(2, 3, 224, 224), tokenizer(["a cat", "a dog on grass"])
     assert torch.allclose(plain.encode_image(x), ours.encode_image(x), atol=1e-4)
     assert torch.allclose(plain.encode_text(text), ours.encode_text(text), atol=1e-5)
+
+
+def test_trimmed_text_tower_equals_the_full_one(tiny_model, tokenizer):
+    """Causal mask: running only up to the longest caption's EOS changes nothing (what training does)."""
+    text = tokenizer(["a cat", "two tennis rackets on a red court near the old wooden fence"])
+    assert tiny_model.can_trim_text
+    full_pooled, full_tokens = tiny_model._encode_text_both(text, trim=False)
+    pooled, tokens = tiny_model._encode_text_both(text)
+    length = int(text.argmax(-1).max()) + 1
+    assert tokens.shape[1] == length < full_tokens.shape[1]
+    assert torch.allclose(pooled, full_pooled, atol=1e-5)
+    assert torch.allclose(tokens, full_tokens[:, :length], atol=1e-5)
+    mask = torch.zeros(2, 77, dtype=torch.bool)
+    mask[0, 2], mask[1, [2, 3, 4]] = True, True
+    index = torch.tensor([0, 1])
+    assert torch.allclose(tiny_model.encode_text_concepts(tokens, index, mask),
+                          tiny_model.encode_text_concepts(full_tokens, index, mask), atol=1e-5)
+    mask[0, length + 1] = True
+    with pytest.raises(ValueError, match="after its caption's end-of-text"):
+        tiny_model.encode_text_concepts(tokens, index, mask)

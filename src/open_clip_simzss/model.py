@@ -16,12 +16,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.model import _build_text_tower  # the builder OpenCLIP's own CustomTextCLIP uses
+from open_clip.transformer import text_global_pool
+
+from .denoiser import build_denoiser
 
 # vision_cfg keys this model understands. They are OpenCLIP's CLIPVisionCfg names (so our JSON configs stay
 # readable by OpenCLIP) plus ``timm_model_kwargs`` for towers that need extra timm arguments (simzss-tiny).
 _VISION_KEYS = {
     "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj", "image_size", "timm_model_kwargs",
-    "pretrained_file",
+    "pretrained_file", "denoiser_cfg",  # denoiser_cfg: optional DVT denoiser on the dense tokens (denoiser.py)
 }
 _POOLS = {"token": "CLS token after the final norm", "avg": "mean of the patch tokens after the final norm"}
 
@@ -44,6 +47,7 @@ class FrozenVisionTower(nn.Module):
             timm_model_pretrained: bool = False,
             timm_model_kwargs: Optional[dict] = None,
             pretrained_file: Optional[str] = None,
+            denoiser_cfg: Optional[dict] = None,
     ):
         super().__init__()
         if timm_pool not in _POOLS:
@@ -69,9 +73,10 @@ class FrozenVisionTower(nn.Module):
         self.patch_size = int(self.trunk.patch_embed.patch_size[0])
         self.num_prefix_tokens = int(self.trunk.num_prefix_tokens)
         self.width = int(self.trunk.num_features)
-        for p in self.trunk.parameters():
+        self.denoiser = build_denoiser(self.width, denoiser_cfg)  # None unless configured
+        for p in self.parameters():
             p.requires_grad_(False)
-        self.trunk.eval()
+        self.eval()
 
     def train(self, mode: bool = True):
         # The tower is frozen: it never leaves eval mode.
@@ -102,10 +107,13 @@ class FrozenVisionTower(nn.Module):
         self.check_input(image)
         with torch.no_grad():
             tokens = self.trunk.forward_features(image)  # [B, prefix + h*w, d_v], final norm applied
-        patches = tokens[:, self.num_prefix_tokens:]
-        global_token = tokens[:, 0] if self.pool == "token" else patches.mean(dim=1)
-        h, w = image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size
-        return global_token, patches.reshape(image.shape[0], h, w, -1)
+            patches = tokens[:, self.num_prefix_tokens:]
+            global_token = tokens[:, 0] if self.pool == "token" else patches.mean(dim=1)
+            h, w = image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size
+            dense = patches.reshape(image.shape[0], h, w, -1)
+            if self.denoiser is not None:  # dense tokens only: the global token is the raw tower's
+                dense = self.denoiser(dense)
+        return global_token, dense
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(image)[0]
@@ -214,9 +222,28 @@ class SimZSS(nn.Module):
         proj = self.text.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
-    def _encode_text_both(self, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        pooled, tokens = self.text(text)  # g(EOS) [B, d_v], tokens after ln_final [B, L, d_t]
-        return pooled, tokens
+    @property
+    def can_trim_text(self) -> bool:
+        """Causal mask, EOS pooling, no appended CLS: the outputs up to a caption's EOS ignore what follows."""
+        t = self.text
+        return t.attn_mask is not None and t.cls_emb is None and t.pool_type == "argmax" and not t.use_pad_mask
+
+    def _encode_text_both(self, text: torch.Tensor, trim: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(g(EOS) [B, d_v], tokens after ln_final [B, L', d_t]).
+
+        With a causal mask, running the tower on the first L' = (last EOS position + 1) tokens only gives
+        exactly the same outputs up to each caption's EOS: captions are short (COCO ~13 tokens of 77), so this
+        cuts the text tower's cost several times. OpenCLIP's TextTransformer always runs all 77 positions.
+        """
+        t = self.text
+        if not (trim and self.can_trim_text):
+            return t(text)
+        length = int(text.argmax(dim=-1).max()) + 1  # EOS is the largest token id (OpenCLIP's argmax pooling)
+        text = text[:, :length]
+        cast_dtype = t.transformer.get_cast_dtype()
+        x = t.token_embedding(text).to(cast_dtype) + t.positional_embedding[:length].to(cast_dtype)
+        x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:length, :length]))
+        return self.project_text(text_global_pool(x, text, pool_type="argmax")), x
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """``g(EOS)`` [B, d_v], the global text feature."""
@@ -225,7 +252,7 @@ class SimZSS(nn.Module):
 
     def encode_text_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """Every text token after the final norm [B, L, d_t], before ``g`` (for Eq. 1)."""
-        return self._encode_text_both(text)[1]
+        return self._encode_text_both(text, trim=False)[1]
 
     def encode_text_concepts(
             self,
@@ -233,7 +260,15 @@ class SimZSS(nn.Module):
             concept_image_index: torch.Tensor,
             concept_token_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Eq. 1-2: ``c̃_t = g(mean of the concept's tokens)`` [M, d_v]."""
+        """Eq. 1-2: ``c̃_t = g(mean of the concept's tokens)`` [M, d_v].
+
+        ``text_tokens`` may be trimmed to L' <= L positions (``_encode_text_both``); concepts lie before EOS.
+        """
+        length = text_tokens.shape[1]
+        if length < concept_token_mask.shape[1]:
+            if bool(concept_token_mask[:, length:].any()):
+                raise ValueError("a concept lies after its caption's end-of-text token")
+            concept_token_mask = concept_token_mask[:, :length]
         return self.project_text(pool_text_concepts(text_tokens, concept_image_index, concept_token_mask))
 
     # --- training forward -------------------------------------------------------------------------------------
