@@ -74,3 +74,14 @@ def test_training_with_the_cache_and_refusal_with_augmentation(setup, tmp_path, 
     assert cli(argv[:-2] + ["--name", "aug", "--cache-vision-features", str(tmp_path / "f"),
                             "--aug-cfg", "scale=(0.5, 1.0)"]) == 2
     assert "random image augmentation" in capsys.readouterr().err
+
+
+def test_identical_images_are_encoded_once(tmp_path, setup):
+    from open_clip_simzss import synthetic
+    _, _, model, preprocess_val = setup
+    info = synthetic.write_train_shards(tmp_path / "s", 4, seed=0, captions_per_image=3, images_per_shard=4)
+    cache = FeatureCache.for_model(tmp_path / "f", model, open_clip.get_model_preprocess_cfg(model))
+    url = wds.shardlists.expand_urls(info["pattern"])[0]
+    assert cache.build([url], model, preprocess_val) == 4  # 12 samples, 4 photos
+    first, second = cache.lookup(url, "000000000"), cache.lookup(url, "000000001")  # two captions, one photo
+    assert torch.equal(first[1], second[1]) and not torch.equal(first[1], cache.lookup(url, "000000003")[1])

@@ -8,8 +8,10 @@ Steps, each through the code path users run:
    evaluation split with masks (MMSeg layout);
 2. extract concepts with spaCy: ``python -m open_clip_simzss.preprocess`` with the demo's concept bank
    (the category names);
-3. train ``simzss-tiny`` (random, frozen vision tower) with SimZSS (λ = 0.05) and with LiT (λ = 0) under
-   identical settings, for several seeds: ``python -m training.main ... --cache-vision-features``;
+3. train ``simzss-tiny`` with SimZSS (λ = 0.05) and with LiT (λ = 0) under identical settings, for several
+   seeds: ``python -m training.main ... --vision-weights tower.safetensors --cache-vision-features``. The frozen
+   tower stands for pretrained DINOv2: one fixed random tower, saved once and given to every run as a local
+   weights file (so the features are cached once); seeds vary the text tower and the data order;
 4. evaluate zero-shot segmentation of the held-out scenes with ``ZeroShotSegmenter`` and ``IoUAccumulator``;
 5. write ``report/``: ``report.md`` (per-class IoU and mIoU per seed, mean ± std, chance level),
    ``overlays.png``, ``loss_curves.png``, ``pca.png`` and ``results.json``.
@@ -73,6 +75,13 @@ def make_data(cfg: DemoConfig, data: Path) -> Dict:
                                         images_per_shard=max(16, cfg.train_images // 6))
     synthetic.write_eval_split(data / "eval", cfg.eval_images, seed=20_000, size=cfg.image_size)
     (data / "bank.txt").write_text("\n".join(synthetic.concept_bank_lines()) + "\n")
+    # The frozen tower plays the part of pretrained DINOv2: one fixed set of (random) weights, given to every run
+    # as a local weights file, exactly as real DINOv2 weights are given offline. Seeds vary the text side.
+    import open_clip_simzss
+    from safetensors.torch import save_file
+    torch.manual_seed(1234)
+    tower = open_clip_simzss.create_model("simzss-tiny").visual.trunk
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(data / "tower.safetensors"))
     _run(["-m", "open_clip_simzss.preprocess", "--input", info["pattern"], "--output", str(data / "concepts"),
           "--concept-bank", str(data / "bank.txt"), "--workers", "1"], data / "preprocess.log")
     info["pattern"] = str(data / "concepts" / Path(info["pattern"]).name)
@@ -89,6 +98,7 @@ def train(cfg: DemoConfig, info: Dict, out: Path, seed: int, lambda_concept: flo
           "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--warmup", str(cfg.warmup), "--wd", "0.1",
           "--precision", "fp32", "--workers", str(cfg.workers), "--seed", str(seed),
           "--lambda-concept", str(lambda_concept), "--concept-source", "shards",
+          "--vision-weights", str(out / "data" / "tower.safetensors"),
           "--cache-vision-features", str(out / "cache"), "--logs", str(out / "runs"), "--name", name,
           "--log-every-n-steps", "10", "--resume", "latest"], out / f"train-{name}.log")
     return checkpoint
@@ -147,7 +157,7 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
     methods = ["SimZSS", "LiT"]
     miou = {m: [results[m][s]["miou"] for s in cfg.seeds] for m in methods}
     lines = ["# SimZSS vs LiT on synthetic scenes", "",
-             f"`simzss-tiny` (random frozen ViT-Ti/8 tower, 3-layer text tower), {cfg.train_images} training images "
+             f"`simzss-tiny` (a fixed random ViT-Ti/8 tower, frozen, loaded from a local weights file; 3-layer text tower), {cfg.train_images} training images "
              f"x {cfg.captions_per_image} captions, {cfg.epochs} epochs of batch {cfg.batch_size}, lr {cfg.lr}, "
              f"λ = {cfg.lambda_concept} for SimZSS and 0 for LiT, otherwise identical. Zero-shot segmentation of "
              f"{cfg.eval_images} held-out scenes, {len(class_names)} classes, {len(DEMO_TEMPLATES)} prompts. "

@@ -7,8 +7,10 @@
 Prints mIoU and a per-class IoU table per dataset (``--dataset all``: the paper's row, Tables 1-2 order) and
 writes everything to ``--output`` as JSON. On with-background sets (voc21, context60, coco_object) a pixel is
 background when its foreground confidence is below the threshold (``segmentation`` module docstring); a
-``--background-sweep`` scores every threshold from one forward pass per image. Without ``--checkpoint`` the
-model has random weights (smoke tests only). Bad input gives one line on stderr and exit status 2.
+``--background-sweep`` scores every threshold from one forward pass per image and reports each set at its best
+threshold (chosen on the evaluated split: say so when quoting it; every threshold's mIoU is in the JSON).
+Without ``--checkpoint`` the model has random weights (smoke tests only). Bad input gives one line on stderr
+and exit status 2.
 """
 import argparse
 import json
@@ -227,6 +229,7 @@ def print_dataset(name: str, result: Dict, per_class: bool = True, out=None):
 def paper_row(results: Dict[str, Dict]) -> str:
     """Markdown header and row, Tables 1-2 column order, "|" between without- and with-background sets."""
     cols = [n for n in BENCHMARK_ORDER if n in results]
+
     def line(cells):
         no_bg = [c for n, c in zip(cols, cells) if BENCHMARK_ORDER.index(n) < 5]
         bg = [c for n, c in zip(cols, cells) if BENCHMARK_ORDER.index(n) >= 5]
@@ -236,7 +239,6 @@ def paper_row(results: Dict[str, Dict]) -> str:
 
 
 def main(argv=None) -> int:
-    args = None
     try:
         args = build_parser().parse_args(argv)
         names = _check_args(args)

@@ -4,8 +4,9 @@ The tower's forward is the most expensive part of a step (69 % in the paper's pr
 training step reads the global token and the patch tokens from memory-mapped ``.npy`` files instead of
 decoding, augmenting and encoding images.
 
-* Compact: float16 (default) or bfloat16-in-uint16 / float32 files, one set per WebDataset shard:
-  ``<shard>.global.npy`` [n, d], ``<shard>.dense.npy`` [n, h*w, d], ``<shard>.keys.json`` (sample keys).
+* Compact: float16 (default) or float32 files, one set per WebDataset shard: ``<shard>.global.npy`` [n, d],
+  ``<shard>.dense.npy`` [n, h*w, d], ``<shard>.keys.json`` (sample key -> row). Identical images (the several
+  captions of one photo are several samples in img2dataset shards) are encoded and stored once.
 * Memory-mapped and shared by all ranks and loader workers (read-only ``np.load(mmap_mode="r")``).
 * Keyed: the cache folder's name is a digest of the tower (timm name, config, a hash of its weights), the
   image size and the whole preprocessing (mean, std, interpolation, resize mode) and the storage dtype, so a
@@ -80,7 +81,8 @@ class FeatureCache:
     @torch.no_grad()
     def build(self, urls: List[str], model, preprocess, device="cpu", batch_size: int = 64, rank: int = 0,
               world_size: int = 1) -> int:
-        """Encode this rank's share of the shards that are not cached yet. Returns the number of images encoded."""
+        """Encode this rank's share of the shards that are not cached yet. Returns the number of distinct images
+        encoded."""
         self.dir.mkdir(parents=True, exist_ok=True)
         todo = [u for u in urls[rank::world_size] if not self.has(u)]
         encoded = 0
@@ -89,27 +91,32 @@ class FeatureCache:
         return encoded
 
     def _build_shard(self, url, model, preprocess, device, batch_size) -> int:
-        keys, images, skipped = [], [], 0
+        rows: Dict[str, int] = {}      # sample key -> row
+        row_of_bytes: Dict[str, int] = {}  # identical images (several captions of one photo) share a row
+        images, skipped = [], 0
         with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            members: Dict[str, Dict[str, bytes]] = {}
+            members: Dict[str, bytes] = {}
             for member in tar:
                 if not member.isfile():
                     continue
                 key, _, ext = member.name.partition(".")
-                if ext.lower() in IMAGE_KEYS:
-                    members.setdefault(key, {})[ext.lower()] = tar.extractfile(member).read()
-        for key, files in members.items():
-            data = next(iter(files.values()))
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    images.append(preprocess(img.convert("RGB")))
-                keys.append(key)
-            except Exception:  # a corrupt image has no row: the loader skips and counts that sample
-                skipped += 1
+                if ext.lower() in IMAGE_KEYS and key not in members:
+                    members[key] = tar.extractfile(member).read()
+        for key, data in members.items():
+            digest = hashlib.sha1(data).hexdigest()
+            if digest not in row_of_bytes:
+                try:
+                    with Image.open(io.BytesIO(data)) as img:
+                        images.append(preprocess(img.convert("RGB")))
+                except Exception:  # a corrupt image has no row: the loader skips and counts that sample
+                    skipped += 1
+                    continue
+                row_of_bytes[digest] = len(images) - 1
+            rows[key] = row_of_bytes[digest]
         if skipped:
             logging.warning(f"{url}: {skipped} images do not decode and are not cached")
         dtype = DTYPES[self.dtype]
-        n, dim = len(keys), model.visual.width
+        n, dim = len(images), model.visual.width
         tokens = (images[0].shape[-2] // model.visual.patch_size) * (images[0].shape[-1] // model.visual.patch_size) \
             if images else 0
         paths = self.paths(url)
@@ -124,7 +131,7 @@ class FeatureCache:
         global_out.flush()
         dense_out.flush()
         del global_out, dense_out
-        tmp["keys.json"].write_text(json.dumps(keys))
+        tmp["keys.json"].write_text(json.dumps(rows))
         for part in ("global.npy", "dense.npy", "keys.json"):  # keys last: its presence marks completion
             os.replace(tmp[part], paths[part])
         return n
@@ -136,7 +143,7 @@ class FeatureCache:
             paths = self.paths(url)
             if not self.has(url):
                 raise FileNotFoundError(f"no cached features for shard {url} in {self.dir}")
-            rows = {k: i for i, k in enumerate(json.loads(paths["keys.json"].read_text()))}
+            rows = json.loads(paths["keys.json"].read_text())
             self._open[url] = (np.load(paths["global.npy"], mmap_mode="r"),
                                np.load(paths["dense.npy"], mmap_mode="r"), rows)
         global_arr, dense_arr, rows = self._open[url]
