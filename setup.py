@@ -29,7 +29,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"open_clip_simzss": ["model_configs/*.json", "data/*"]},
+    package_data={"open_clip_simzss": ["model_configs/*.json", "data/*", "data/classnames/*"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

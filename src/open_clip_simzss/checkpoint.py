@@ -87,20 +87,21 @@ def _first(names: Iterable[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def mismatch(expected: Dict[str, Tuple[int, ...]], found: Dict[str, Tuple[int, ...]]) -> Optional[str]:
+def mismatch(expected: Dict[str, Tuple[int, ...]], found: Dict[str, Tuple[int, ...]],
+             expected_name: str = "the model", found_name: str = "the checkpoint") -> Optional[str]:
     """None when the names and shapes agree, else a one-line description of the difference."""
     missing = set(expected) - set(found)
     unexpected = set(found) - set(expected)
     reshaped = [k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k])]
     parts = []
     if missing:
-        parts.append(f"missing {_first(missing)}")
+        parts.append(f"{found_name} lacks {_first(missing)}")
     if unexpected:
-        parts.append(f"unexpected {_first(unexpected)}")
+        parts.append(f"{expected_name} has no {_first(unexpected)}")
     if reshaped:
         k = sorted(reshaped)[0]
-        more = f" and {len(reshaped) - 1} more" if len(reshaped) > 1 else ""
-        parts.append(f"shape of {k} is {list(found[k])} here but {list(expected[k])} in the model{more}")
+        more = f" (and {len(reshaped) - 1} more shapes differ)" if len(reshaped) > 1 else ""
+        parts.append(f"{k} is {list(found[k])} in {found_name} but {list(expected[k])} in {expected_name}{more}")
     return "; ".join(parts) or None
 
 
@@ -159,6 +160,9 @@ def _resolve(model: str, cache_dir: Optional[str] = None) -> Tuple[dict, dict, O
     try:
         return resolve_model_config(model, cache_dir)
     except Exception as e:  # noqa: BLE001 - unknown name, missing folder/config, hub failure: one line each
+        if model.startswith("hf-hub:"):
+            raise CheckpointError(f"cannot get {model} from the Hugging Face hub (nor a local file of that name): "
+                                  f"{one_line(e)[:240]}") from None
         raise CheckpointError(one_line(e)) from None
 
 
@@ -274,7 +278,7 @@ def save_pretrained(model, save_directory: Union[str, Path], model_name: Optiona
         raise ValueError("safe_serialization must be True, False or 'both'")
     cfg = _model_cfg_for(model, model_cfg, model_name)
     state = model.state_dict()
-    problem = mismatch(model_structure(cfg), _shapes(state))
+    problem = mismatch(model_structure(cfg), _shapes(state), "the config's model", "this model")
     if problem:
         raise CheckpointError(f"the config does not describe this model: {problem}")
     folder = Path(save_directory)
@@ -449,7 +453,7 @@ def convert_reference_checkpoint(checkpoint: Union[str, Path], output: Union[str
     converted, denoiser_cfg, _ = convert_reference_state_dict(state, trunk)
     if denoiser_cfg is not None:
         cfg["vision_cfg"]["denoiser_cfg"] = denoiser_cfg
-    problem = mismatch(model_structure(cfg), _shapes(converted))
+    problem = mismatch(model_structure(cfg), _shapes(converted), "our model", "the converted checkpoint")
     if problem:
         raise CheckpointError(f"the converted checkpoint does not fit {model_name}"
                               f"{' + DVT denoiser' if denoiser_cfg else ''}: {problem}")
