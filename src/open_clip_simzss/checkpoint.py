@@ -105,10 +105,9 @@ def mismatch(expected: Dict[str, Tuple[int, ...]], found: Dict[str, Tuple[int, .
     return "; ".join(parts) or None
 
 
-def load_weights(model: torch.nn.Module, weights: Union[str, Path, Dict[str, torch.Tensor]],
-                 what: str = "the model") -> torch.nn.Module:
-    """Strictly load a checkpoint file or state dict into ``model``; CheckpointError (one line) if it does not
-    fit (a checkpoint of another model)."""
+def _prepare(model: torch.nn.Module, weights: Union[str, Path, Dict[str, torch.Tensor]], what: str
+             ) -> Dict[str, torch.Tensor]:
+    """The checkpoint's tensors, checked against the model's names and shapes (CheckpointError, one line)."""
     source = str(weights) if not isinstance(weights, dict) else "the state dict"
     state = read_state_dict(weights) if not isinstance(weights, dict) else dict(weights)
     own = model.state_dict()
@@ -117,8 +116,55 @@ def load_weights(model: torch.nn.Module, weights: Union[str, Path, Dict[str, tor
     problem = mismatch(_shapes(own), _shapes(state))
     if problem:
         raise CheckpointError(f"checkpoint {source} does not fit {what} (a checkpoint of another model?): {problem}")
-    model.load_state_dict(state, strict=True)
+    return state
+
+
+def load_weights(model: torch.nn.Module, weights: Union[str, Path, Dict[str, torch.Tensor]],
+                 what: str = "the model") -> torch.nn.Module:
+    """Strictly load a checkpoint file or state dict into ``model``; CheckpointError (one line) if it does not
+    fit (a checkpoint of another model)."""
+    model.load_state_dict(_prepare(model, weights, what), strict=True)
     return model
+
+
+def _materialized(model: torch.nn.Module) -> bool:
+    # Non-persistent buffers are not in checkpoints: rebuild the one SimZSS has (the text tower's causal mask).
+    for module in model.modules():
+        mask = getattr(module, "attn_mask", None)
+        if isinstance(mask, torch.Tensor) and mask.is_meta and hasattr(module, "build_causal_mask"):
+            module.attn_mask = module.build_causal_mask()
+    return not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+
+
+def build_model(spec: str, weights=None, device: Union[str, torch.device] = "cpu", precision: str = "fp32",
+                cache_dir: Optional[str] = None, what: Optional[str] = None, **model_kwargs) -> torch.nn.Module:
+    """``create_model(spec, load_weights=False, ...)`` then strict loading of ``weights`` (file or state dict).
+
+    With weights (fp32), the model is first built on the meta device and the checkpoint's tensors are assigned
+    to it: random initialisation would take seconds for a ViT-B/L tower only to be overwritten.
+    """
+    what = what or spec
+    try:
+        if weights is not None and precision == "fp32":
+            try:
+                with torch.device("meta"):
+                    net = create_model(spec, load_weights=False, device="meta", cache_dir=cache_dir, **model_kwargs)
+            except Exception:  # noqa: BLE001 - anything meta tensors cannot do: build it the usual way below
+                net = None
+            if net is not None:
+                state = _prepare(net, weights, what)
+                own = net.state_dict()
+                net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=True)
+                if _materialized(net):
+                    return net.to(device)
+                weights = state
+        net = create_model(spec, load_weights=False, device=device, precision=precision, cache_dir=cache_dir,
+                           **model_kwargs)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken config or tower: one line
+        raise CheckpointError(f"cannot build model {spec}: {type(e).__name__}: {one_line(e)}") from None
+    return load_weights(net, weights, what) if weights is not None else net
 
 
 # --- model configs ----------------------------------------------------------------------------------------------
@@ -228,13 +274,11 @@ def load_model(model: Optional[str] = None, checkpoint: Optional[str] = None, de
             raise CheckpointError(f"checkpoint {checkpoint} is for another model than {model} (config differs in "
                                   f"{', '.join(differs[:4])}); leave out --model to use the checkpoint's own config")
     weights = weights or bundled
+    net = build_model(spec, weights, device=device, precision=precision, cache_dir=cache_dir, what=model or spec)
     try:
-        net = create_model(spec, load_weights=False, device=device, precision=precision, cache_dir=cache_dir)
         tokenizer = open_clip.get_tokenizer(spec, cache_dir=cache_dir)
-    except Exception as e:  # noqa: BLE001 - a broken config or tower: one line
-        raise CheckpointError(f"cannot build model {spec}: {type(e).__name__}: {one_line(e)}") from None
-    if weights:
-        load_weights(net, weights, what=model or spec)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot build the tokenizer of {spec}: {one_line(e)}") from None
     net.eval()
     net.simzss_model_cfg = clean_model_config(model_cfg)  # what save_pretrained writes
     return net, tokenizer, {"spec": spec, "weights": weights, "model_cfg": net.simzss_model_cfg}
@@ -328,12 +372,8 @@ def export_checkpoint(checkpoint: Union[str, Path], output: Union[str, Path], mo
             value = params.get(key, "None")
             if value not in ("None", ""):
                 overrides[key] = int(re.findall(r"\d+", value)[0])
-    try:
-        model = create_model(model_name, load_weights=False, **overrides)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot build model {model_name}: {one_line(e)}") from None
-    load_weights(model, checkpoint, what=model_name)
-    cfg = _resolve(model_name)[0]
+    cfg = _resolve(model_name)[0]  # also: a one-line error for an unknown name
+    model = build_model(model_name, checkpoint, **overrides)
     if "force_image_size" in overrides:
         cfg["vision_cfg"]["image_size"] = overrides["force_image_size"]
     if "force_context_length" in overrides:
@@ -342,14 +382,51 @@ def export_checkpoint(checkpoint: Union[str, Path], output: Union[str, Path], mo
 
 
 # --- Hugging Face hub ---------------------------------------------------------------------------------------
-def push_to_hub(checkpoint: str, repo_id: str, model: Optional[str] = None, **kwargs):
-    """Upload a model (folder, checkpoint file + ``model``, or hub id) with OpenCLIP's own
-    ``open_clip.push_to_hf_hub``: it writes the same folder layout (config, safetensors and .bin, the tokenizer
-    of ``openai/clip-vit-large-patch14``, a model card) and uploads it. Needs network access and a token.
-    Afterwards ``create_model("hf-hub:" + repo_id)`` loads it. ``kwargs`` go to ``push_to_hf_hub``
-    (``commit_message``, ``token``, ``private``, ``model_card``, ...)."""
-    net, tokenizer, info = load_model(model, checkpoint)
-    return open_clip.push_to_hf_hub(net, tokenizer, info["model_cfg"], repo_id, **kwargs)
+class _BuiltinTokenizer:
+    """OpenCLIP's ``save_for_hf`` saves the tokenizer's files; SimZSS uses OpenCLIP's built-in BPE tokenizer
+    (``open_clip.get_tokenizer`` rebuilds it from ``text_cfg``), which has none."""
+
+    def save_pretrained(self, dest):
+        pass
+
+
+def write_hub_folder(model, model_cfg: dict, folder: Union[str, Path], model_card: Optional[dict] = None,
+                     name: str = "simzss") -> Path:
+    """The folder ``open_clip.push_to_hf_hub`` would upload, written by OpenCLIP's own ``save_for_hf``
+    (config + ``open_clip_model.safetensors`` + ``open_clip_pytorch_model.bin``) and ``generate_readme``."""
+    from open_clip.push_to_hf_hub import generate_readme, save_for_hf
+    folder = Path(folder)
+    save_for_hf(model, _BuiltinTokenizer(), clean_model_config(model_cfg), folder, safe_serialization="both")
+    card = dict({"tags": ("clip", "open_clip", "simzss", "zero-shot-segmentation"),
+                 "pipeline_tag": "image-segmentation",
+                 "description": "SimZSS (ICLR 2025) zero-shot segmentation model. Load it with "
+                                f"`open_clip_simzss.create_model(\"hf-hub:<this repo>\")` or "
+                                "`simzss-segment --checkpoint <this repo>`."}, **(model_card or {}))
+    (folder / "README.md").write_text(generate_readme(card, name), encoding="utf-8")
+    return folder
+
+
+def push_to_hub(checkpoint: str, repo_id: str, model: Optional[str] = None, commit_message: str = "Add model",
+                token: Optional[str] = None, private: bool = False, revision: Optional[str] = None,
+                create_pr: bool = False, model_card: Optional[dict] = None):
+    """Upload a model (folder, checkpoint file + ``model``, or hub id) to the Hugging Face hub; afterwards
+    ``create_model("hf-hub:" + repo_id)`` loads it. Needs network access and a token.
+
+    What is uploaded is ``write_hub_folder``'s folder: exactly what ``open_clip.push_to_hf_hub`` writes, by
+    OpenCLIP's own ``save_for_hf``. The upload itself calls ``huggingface_hub`` directly: OpenCLIP 3.3.0's
+    ``push_to_hf_hub`` imports ``repo_type_and_id_from_hf_id``, which huggingface_hub >= 1.0 no longer exports,
+    so with current huggingface_hub it fails (NameError) before uploading anything.
+    """
+    from tempfile import TemporaryDirectory
+
+    from huggingface_hub import create_repo, upload_folder
+    net, _, info = load_model(model, checkpoint)
+    url = create_repo(repo_id, token=token, private=private, exist_ok=True)
+    repo_id = getattr(url, "repo_id", None) or repo_id  # the full id when the owner was implicit
+    with TemporaryDirectory() as tmp:
+        write_hub_folder(net, info["model_cfg"], tmp, model_card, name=repo_id.split("/")[-1])
+        return upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message, token=token,
+                             revision=revision, create_pr=create_pr)
 
 
 # --- the authors' released checkpoints (reference code's SimZSS module) -------------------------------------
@@ -460,8 +537,12 @@ def convert_reference_checkpoint(checkpoint: Union[str, Path], output: Union[str
     from .model import SimZSS
     model_cfg = dict(cfg)
     model_cfg.pop("custom_text", None)
-    model = SimZSS(**model_cfg)
-    load_weights(model, converted, what=model_name)
+    with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
+        model = SimZSS(**model_cfg)
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True, assign=True)
+    if not _materialized(model):
+        raise CheckpointError("internal: the converted model has tensors that no checkpoint provides")
     tower = model.visual.pretrained_cfg
     mean, std = (CLIP_MEAN, CLIP_STD) if image_stats == "clip" else (tower["mean"], tower["std"])
     preprocess = {"mean": list(mean), "std": list(std), "interpolation": tower.get("interpolation", "bicubic"),
@@ -498,11 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a file that weights_only=True refuses (runs its pickled code: trusted files only)")
     c.add_argument("--format", **fmt)
 
-    h = sub.add_parser("push", help="upload a model to the Hugging Face hub with open_clip.push_to_hf_hub")
+    h = sub.add_parser("push", help="upload a model folder to the Hugging Face hub (OpenCLIP's layout)")
     h.add_argument("--checkpoint", required=True, help="model folder (or checkpoint file with --model)")
     h.add_argument("--model", help="config name, for a checkpoint file")
     h.add_argument("--repo-id", required=True, help="org/name")
     h.add_argument("--private", action="store_true")
+    h.add_argument("--token", help="Hugging Face token (default: the logged-in one)")
     return p
 
 
@@ -516,7 +598,8 @@ def main(argv=None) -> int:
             folder = convert_reference_checkpoint(args.checkpoint, args.output, args.model, args.image_stats,
                                                   args.trust_pickle, formats[args.format])
         else:
-            push_to_hub(args.checkpoint, args.repo_id, model=args.model, private=args.private)
+            push_to_hub(args.checkpoint, args.repo_id, model=args.model, private=args.private,
+                        token=args.token)
             print(f"uploaded to https://huggingface.co/{args.repo_id}; load it as hf-hub:{args.repo_id}")
             return 0
     except CheckpointError as e:

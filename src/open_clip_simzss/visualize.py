@@ -13,7 +13,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -152,7 +152,7 @@ def dense_features(model, image: np.ndarray, size: Tuple[int, int], mean: Sequen
                    ) -> torch.Tensor:
     """l2-normalised patch tokens [h, w, d] (float32, CPU) of an RGB uint8 image resized to ``size``."""
     param = next(model.parameters())
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255)
+    x = torch.tensor(image).permute(2, 0, 1)[None].float().div_(255)  # a copy: arrays may be read-only
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     return model.encode_dense(x.to(param.device, param.dtype), normalize=True)[0].float().cpu()
@@ -190,7 +190,7 @@ def _figure(num_panels: int, aspect: float, extra_width: float = 0.0):
     import matplotlib.pyplot as plt
     panel = 3.2
     fig, axes = plt.subplots(1, num_panels, figsize=(panel * num_panels + extra_width, panel * aspect + 0.6),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax in axes[0]:
         ax.set_axis_off()
     return plt, fig, list(axes[0])
@@ -205,7 +205,6 @@ def pca_figure(image: np.ndarray, panels: Sequence[np.ndarray], titles: Sequence
     for ax, panel, title in zip(axes[1:], panels, titles):
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
@@ -229,7 +228,6 @@ def similarity_figure(image: np.ndarray, similarities: torch.Tensor, names: Sequ
         ax.imshow(grey, cmap="gray")
         artist = ax.imshow(heat, cmap="jet", alpha=0.55, vmin=vmin, vmax=vmax)
         ax.set_title(name, fontsize=9)
-    fig.tight_layout()
     if artist is not None:
         fig.colorbar(artist, ax=axes, fraction=0.02, pad=0.01, label="cosine similarity")
     fig.savefig(path, dpi=110)
@@ -273,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--labels", help='comma-separated labels for heat maps, e.g. "cat, grass"')
     labels.add_argument("--labels-file", help="one label per line")
     p.add_argument("--templates", default="openai80", help="prompt template set for the labels")
+    p.add_argument("--short-side", type=int, default=448, help="heat maps: processing short side (protocol 448)")
+    p.add_argument("--window", type=int, default=448, help="heat maps: sliding window (protocol 448)")
+    p.add_argument("--stride", type=int, default=224, help="heat maps: window stride (protocol 224)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--output", default="simzss_pictures", help="output folder")
     p.add_argument("--quiet", action="store_true")
@@ -290,13 +291,17 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if not args.scales or min(args.scales) <= 0:
             raise UsageError("--scales must be positive")
-        if args.max_tokens < 1 or (args.base_size is not None and args.base_size < 1):
-            raise UsageError("--base-size and --max-tokens must be positive")
+        if min(args.max_tokens, args.short_side, args.window, args.stride, args.base_size or 1) < 1:
+            raise UsageError("--base-size, --max-tokens, --short-side, --window and --stride must be positive")
         labels = read_labels(args.labels, args.labels_file) if (args.labels or args.labels_file) else None
         images = collect_images(args.image)
         device = resolve_device(args.device)
         model, tokenizer, info = load_model(args.model, args.checkpoint, device=device)
-        segmenter = Segmenter(model, tokenizer, templates=args.templates, device=device) if labels else None
+        segmenter = None
+        if labels:
+            segmenter = Segmenter(model, tokenizer, templates=args.templates, short_side=args.short_side,
+                                  window=args.window, stride=args.stride, device=device)
+            segmenter.classifier(labels)  # encode the labels now: a bad template set fails here
     except (UsageError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

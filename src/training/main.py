@@ -189,6 +189,8 @@ def main(argv):
         if os.path.exists(args.log_path) and not resume_latest:
             raise ArgumentError(f"experiment {args.name} exists; use --name NEW or --resume latest")
     setup_logging(args.log_path, logging.DEBUG if args.debug else logging.INFO)
+    for noisy in ("torch._dynamo", "torch._subclasses", "torch._inductor"):  # their exit-time INFO statistics
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args.wandb = "wandb" in args.report_to or "all" in args.report_to
     args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
     if args.wandb and wandb is None:
