@@ -39,6 +39,10 @@ setup(
         "wandb": ["wandb"],
     },
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "simzss-segment = open_clip_simzss.segment:main",
+            "simzss-visualize = open_clip_simzss.visualize:main",
+            "simzss-checkpoint = open_clip_simzss.checkpoint:main",
+        ],
     },
 )

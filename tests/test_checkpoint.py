@@ -1,10 +1,10 @@
 """Model folders (OpenCLIP's hub layout): save -> load round trips through ``local-dir:``, the training-checkpoint
-export command, the Hugging Face hub path through OpenCLIP's own ``push_to_hf_hub`` and ``hf-hub:`` loading
-(hub calls served from a local folder), and one-line errors for checkpoints that do not fit."""
+export command, the Hugging Face hub path (the folder written by OpenCLIP's own ``save_for_hf``, uploaded, then
+``hf-hub:`` loading through OpenCLIP's ``download_pretrained_from_hf``; hub calls served from a local folder),
+and one-line errors for checkpoints that do not fit."""
 import importlib
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -203,7 +203,8 @@ def test_hub_upload_and_hf_hub_loading(tiny, tiny_folder, fake_hub, capsys):
     config = json.loads((stored / CONFIG_NAME).read_text())
     assert config["model_cfg"] == json.loads((tiny_folder / CONFIG_NAME).read_text())["model_cfg"]
     assert config["preprocess_cfg"]["mean"] == [0.5, 0.5, 0.5]
-    assert "library_name: open_clip" in (stored / "README.md").read_text()
+    readme = (stored / "README.md").read_text()
+    assert "library_name: open_clip" in readme and "hf-hub:me/simzss-tiny" in readme
     # hf-hub: loading, through the factory and through load_model with a bare hub id
     assert_same_outputs(tiny, open_clip_simzss.create_model("hf-hub:me/simzss-tiny"))
     model, tokenizer, info = load_model(checkpoint="me/simzss-tiny")

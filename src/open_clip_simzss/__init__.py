@@ -10,6 +10,7 @@ from .factory import (
 )
 from .loss import SimZSSLoss, concept_classification_loss, pool_visual_concepts, total_loss
 from .model import SimZSS, pool_text_concepts
+from .segment import SegmentationResult, Segmenter
 
 __version__ = "0.1.0"
 

@@ -391,7 +391,7 @@ class _BuiltinTokenizer:
 
 
 def write_hub_folder(model, model_cfg: dict, folder: Union[str, Path], model_card: Optional[dict] = None,
-                     name: str = "simzss") -> Path:
+                     repo_id: str = "simzss") -> Path:
     """The folder ``open_clip.push_to_hf_hub`` would upload, written by OpenCLIP's own ``save_for_hf``
     (config + ``open_clip_model.safetensors`` + ``open_clip_pytorch_model.bin``) and ``generate_readme``."""
     from open_clip.push_to_hf_hub import generate_readme, save_for_hf
@@ -400,9 +400,9 @@ def write_hub_folder(model, model_cfg: dict, folder: Union[str, Path], model_car
     card = dict({"tags": ("clip", "open_clip", "simzss", "zero-shot-segmentation"),
                  "pipeline_tag": "image-segmentation",
                  "description": "SimZSS (ICLR 2025) zero-shot segmentation model. Load it with "
-                                f"`open_clip_simzss.create_model(\"hf-hub:<this repo>\")` or "
-                                "`simzss-segment --checkpoint <this repo>`."}, **(model_card or {}))
-    (folder / "README.md").write_text(generate_readme(card, name), encoding="utf-8")
+                                f"`open_clip_simzss.create_model(\"hf-hub:{repo_id}\")` or "
+                                f"`simzss-segment --checkpoint {repo_id} ...`."}, **(model_card or {}))
+    (folder / "README.md").write_text(generate_readme(card, repo_id.split("/")[-1]), encoding="utf-8")
     return folder
 
 
@@ -424,7 +424,7 @@ def push_to_hub(checkpoint: str, repo_id: str, model: Optional[str] = None, comm
     url = create_repo(repo_id, token=token, private=private, exist_ok=True)
     repo_id = getattr(url, "repo_id", None) or repo_id  # the full id when the owner was implicit
     with TemporaryDirectory() as tmp:
-        write_hub_folder(net, info["model_cfg"], tmp, model_card, name=repo_id.split("/")[-1])
+        write_hub_folder(net, info["model_cfg"], tmp, model_card, repo_id=repo_id)
         return upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message, token=token,
                              revision=revision, create_pr=create_pr)
 
@@ -598,8 +598,13 @@ def main(argv=None) -> int:
             folder = convert_reference_checkpoint(args.checkpoint, args.output, args.model, args.image_stats,
                                                   args.trust_pickle, formats[args.format])
         else:
-            push_to_hub(args.checkpoint, args.repo_id, model=args.model, private=args.private,
-                        token=args.token)
+            try:
+                push_to_hub(args.checkpoint, args.repo_id, model=args.model, private=args.private,
+                            token=args.token)
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - no network, no token, no permission: say it in one line
+                raise CheckpointError(f"upload to {args.repo_id} failed: {type(e).__name__}: {one_line(e)[:300]}")
             print(f"uploaded to https://huggingface.co/{args.repo_id}; load it as hf-hub:{args.repo_id}")
             return 0
     except CheckpointError as e:

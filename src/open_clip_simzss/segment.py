@@ -293,6 +293,7 @@ class Segmenter:
                             background_scale=background_scale, pamr=pamr, window_batch_size=window_batch_size,
                             device=device)
         self.background_threshold = background_threshold
+        self.info: dict = {}  # set by from_pretrained: the model spec, weights file and config
         self._classifiers: "OrderedDict[tuple, ZeroShotSegmenter]" = OrderedDict()
 
     @classmethod
@@ -434,6 +435,8 @@ def main(argv=None) -> int:
         write_outputs(result, out_dir, stem, dict(settings, image=str(path)), args.alpha)
     if failed and len(images) > 1:
         print(f"error: {failed} of {len(images)} images could not be read", file=sys.stderr)
+    if len(images) > failed:
+        print(f"segmented {len(images) - failed} image(s) into {out_dir}")
     return 1 if failed else 0
 
 
