@@ -21,3 +21,18 @@ def tokenizer():
     import open_clip
     import open_clip_simzss  # noqa: F401  (registers the configs)
     return open_clip.get_tokenizer("simzss-tiny")
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger():
+    """training.main (run in-process by some tests) sets up OpenCLIP's logging on the root logger, whose
+    stream handlers would outlive pytest's captured streams: restore the root logger after each test."""
+    import logging
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)

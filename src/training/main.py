@@ -189,8 +189,11 @@ def main(argv):
         if os.path.exists(args.log_path) and not resume_latest:
             raise ArgumentError(f"experiment {args.name} exists; use --name NEW or --resume latest")
     setup_logging(args.log_path, logging.DEBUG if args.debug else logging.INFO)
-    for noisy in ("torch._dynamo", "torch._subclasses", "torch._inductor"):  # their exit-time INFO statistics
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # OpenCLIP's setup_logging sets every existing logger to INFO, torch's internals included, which then print
+    # compile statistics at exit: keep torch's own loggers at WARNING.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.") and not args.debug:
+            logging.getLogger(name).setLevel(logging.WARNING)
     args.wandb = "wandb" in args.report_to or "all" in args.report_to
     args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
     if args.wandb and wandb is None:
