@@ -51,14 +51,7 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
-print_cmd() {
-    local out="" word
-    for word in "$@"; do
-        if [[ "$word" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then out+="$word "
-        else out+="'${word//\'/\'\\\'\'}' "; fi
-    done
-    echo "${out% }"
-}
+source "$REPO/scripts/lib/common.sh"  # print_cmd
 run() {  # print the command; run it unless this is a dry run
     print_cmd "$@"
     if [[ "$DRY_RUN" != 1 ]]; then "$@"; fi

@@ -50,15 +50,7 @@ die() { echo "error: $*" >&2; exit 2; }
 # awk float arithmetic: calc '<expr>' -v name=value ...
 calc() { local expr="$1"; shift; awk "$@" "BEGIN { printf \"%.10g\", $expr }"; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-# A command as one line a shell can re-read: words with special characters in single quotes.
-print_cmd() {
-    local out="" word
-    for word in "$@"; do
-        if [[ "$word" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then out+="$word "
-        else out+="'${word//\'/\'\\\'\'}' "; fi
-    done
-    echo "${out% }"
-}
+source "$REPO/scripts/lib/common.sh"  # print_cmd
 
 if [[ -n "${PYTHON:-}" ]]; then :
 elif [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .datasets import BENCHMARK_ORDER, DatasetError, SegmentationDataset, get_dataset
 from .metrics import IoUAccumulator, ThresholdSweep, parse_sweep
-from .segmentation import BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCALE, TEMPLATE_SETS, ZeroShotSegmenter
+from .segmentation import BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCALE, TEMPLATE_SETS, ZeroShotSegmenter, resolve_device
 
 # Used when a with-background set is evaluated without --background-threshold/--background-sweep. Talk2DINO's
 # sigmoid(cos) threshold (cos < 0.2 is background) and ProxyCLIP's softmax(40 cos) threshold for VOC21.
@@ -119,15 +119,10 @@ def _thresholds(args) -> List[float]:
 
 
 def _device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
-    return device
+        return resolve_device(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def load_model(args, device):

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .segmentation import resolve_device as segmentation_device
 from .segmentation import (
     BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCALE, DEFAULT_TEMPLATES, TEMPLATE_SETS, ZeroShotSegmenter,
     apply_background,
@@ -194,15 +195,10 @@ def read_labels(labels: Optional[str], labels_file: Optional[str]) -> List[str]:
 
 
 def resolve_device(name: Optional[str]) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r} (cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
-    return device
+        return segmentation_device(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 # --- the API -------------------------------------------------------------------------------------------------------

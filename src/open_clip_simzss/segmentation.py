@@ -290,6 +290,19 @@ def apply_background(labels: torch.Tensor, confidence: torch.Tensor, threshold: 
     return torch.where(confidence < threshold, torch.zeros_like(labels), labels + 1)
 
 
+def resolve_device(name: Optional[str] = None) -> torch.device:
+    """``name`` or, when None, CUDA if available else CPU; ValueError for an unknown or unavailable device."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return device
+
+
 def _model_device_dtype(model) -> Tuple[torch.device, torch.dtype]:
     try:
         p = next(model.visual.parameters())
