@@ -94,13 +94,13 @@ def write_shards(folder: Path, num_samples: int, num_shards: int, seed: int = 0)
     return str(folder / ("{00000..%05d}.tar" % (num_shards - 1)))
 
 
-def run_trainer(args, model, lam, batch, steps, warmup, data, logs: Path, name: str):
+def run_trainer(args, model, lam, batch, steps, warmup, data, logs: Path, name: str, extra=()):
     argv = [sys.executable, "-m", "training.main", "--model", model, "--train-data", data, "--dataset-resampled",
             "--train-num-samples", str(batch * (steps + warmup)), "--batch-size", str(batch),
             "--workers", str(args.workers), "--epochs", "1", "--lr", "1e-4", "--warmup", "1",
             "--precision", args.precision, "--device", args.device, "--lambda-concept", str(lam),
             "--concept-source", "shards", "--logs", str(logs), "--name", name, "--log-every-n-steps", "1",
-            "--seed", "0", "--save-frequency", "0"]
+            "--seed", "0", "--save-frequency", "0", *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

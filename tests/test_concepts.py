@@ -23,7 +23,8 @@ from open_clip_simzss.concepts import (
     stable_concept_id,
 )
 
-REFERENCE_BANK = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "reference_concept_bank_574.txt"
+# The authors' bank (data from the reference code, via shared/data), copied into the project
+REFERENCE_BANK = pathlib.Path(__file__).resolve().parent / "data" / "reference_concept_bank_574.txt"
 DEFAULT_BANK_SIZE = 278
 
 

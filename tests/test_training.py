@@ -134,3 +134,17 @@ def test_two_processes_give_the_losses_of_one(tmp_path, shards):
     for (c1, l1), (c2, l2) in zip(single, double):
         assert c1 == pytest.approx(c2, abs=1e-4) and l1 == pytest.approx(l2, abs=1e-4)
     assert single[0] != single[-1]  # the model did train
+
+
+def test_imagenet_zero_shot_evaluation_during_training(tmp_path, shards):
+    """--imagenet-val: OpenCLIP's zero-shot ImageNet evaluation runs on the SimZSS model after the epoch."""
+    from PIL import Image
+    for i, wnid in enumerate(["n01440764", "n01443537"]):  # the first two ImageNet classes, in label order
+        (tmp_path / "imagenet" / wnid).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (40, 40), (60 * i + 20 * j, 100, 150)).save(tmp_path / "imagenet" / wnid / f"{j}.jpg")
+    log_dir, _ = run(tmp_path, "imagenet", shards["clean"], "--epochs", "1", "--imagenet-val",
+                     str(tmp_path / "imagenet"), samples=BATCH)
+    results = json.loads((log_dir / "checkpoints" / "results.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= results["imagenet-zeroshot-val-top1"] <= 1.0
+    assert results["imagenet-zeroshot-val-top1"] <= results["imagenet-zeroshot-val-top5"]

@@ -29,6 +29,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+from .compat import accuracy_is_broken
 
 MODEL_TYPE = "simzss"
 DATASETS_FILE = Path(__file__).parent / "data" / "clip_benchmark_datasets.txt"
@@ -88,6 +89,7 @@ def load_simzss(model_name: str, pretrained: Optional[str] = None, cache_dir: Op
     return _LOADED[key]
 
 
+
 def _topk_accuracy(output, target, topk=(1,)):
     """Top-k accuracy, the same numbers as clip_benchmark 1.6.2's ``zeroshot_classification.accuracy``.
 
@@ -99,15 +101,6 @@ def _topk_accuracy(output, target, topk=(1,)):
     ranked = output.topk(max(topk), dim=1).indices          # [N, kmax] class ids, best first
     hits = ranked.eq(target.view(-1, 1))                    # a label appears at most once per row
     return [hits[:, :k].sum().item() / len(target) for k in topk]
-
-
-def _accuracy_is_broken(accuracy) -> bool:
-    import torch
-    try:
-        accuracy(torch.tensor([[0.0, 1.0]]), torch.tensor([1]), topk=(1,))
-    except TypeError:
-        return True
-    return False
 
 
 # clip_benchmark's own accuracy(), kept when register() replaces it (for tests and inspection).
@@ -127,7 +120,7 @@ def register():
     if MODEL_TYPE not in cb_models.MODEL_TYPES:
         cb_models.MODEL_TYPES.append(MODEL_TYPE)
     # evaluate() looks `accuracy` up in its module's globals at call time, so replacing it there is enough.
-    if cb_zeroshot.accuracy is not _topk_accuracy and _accuracy_is_broken(cb_zeroshot.accuracy):
+    if cb_zeroshot.accuracy is not _topk_accuracy and accuracy_is_broken(cb_zeroshot.accuracy):
         original_accuracy, cb_zeroshot.accuracy = cb_zeroshot.accuracy, _topk_accuracy
 
 

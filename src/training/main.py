@@ -25,6 +25,7 @@ from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
 from open_clip_train.train import evaluate
 
 import open_clip_simzss
+from open_clip_simzss.compat import fix_open_clip_zero_shot
 from open_clip_simzss.data import SkipTally, get_wds_dataset
 from open_clip_simzss.feature_cache import FeatureCache
 from open_clip_simzss.loss import SimZSSLoss
@@ -274,6 +275,8 @@ def main(argv):
     data = get_data(args, (preprocess_train, preprocess_val), start_epoch, tokenizer, feature_cache)
     if not data:
         raise ArgumentError("nothing to do: give --train-data, --val-data or --imagenet-val")
+    if "imagenet-val" in data or "imagenet-v2" in data:
+        fix_open_clip_zero_shot()  # OpenCLIP 3.3's zero-shot accuracy() fails under NumPy 2.4
     scheduler = None
     if "train" in data and optimizer is not None:
         scheduler = create_scheduler(optimizer, args, data["train"].dataloader.num_batches)
