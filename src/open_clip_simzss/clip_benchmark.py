@@ -29,6 +29,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
 from .compat import accuracy_is_broken
 
 MODEL_TYPE = "simzss"
