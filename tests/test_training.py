@@ -152,3 +152,12 @@ def test_imagenet_zero_shot_evaluation_during_training(tmp_path, shards):
     results = json.loads((log_dir / "checkpoints" / "results.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= results["imagenet-zeroshot-val-top1"] <= 1.0
     assert results["imagenet-zeroshot-val-top1"] <= results["imagenet-zeroshot-val-top5"]
+
+
+def test_same_seed_same_run(tmp_path, shards):
+    """The sample shuffle is seeded: two runs with the same --seed see the same batches and losses."""
+    _, first = run(tmp_path, "a", shards["clean"], "--epochs", "2", "--precision", "fp32")
+    _, second = run(tmp_path, "b", shards["clean"], "--epochs", "2", "--precision", "fp32")
+    assert [h["loss"] for h in first] == pytest.approx([h["loss"] for h in second], abs=1e-6)
+    _, other = run(tmp_path, "c", shards["clean"], "--epochs", "2", "--precision", "fp32", "--seed", "1")
+    assert [h["loss"] for h in other] != pytest.approx([h["loss"] for h in first], abs=1e-6)

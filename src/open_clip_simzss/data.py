@@ -6,6 +6,7 @@ node and worker, ``with_epoch`` rounding) with two SimZSS additions:
 * every sample carries its caption's concepts: read from ``concepts.json`` (written by
   ``python -m open_clip_simzss.preprocess``) or extracted on the fly with spaCy in the loader workers; the
   two give the same result because both come from ``ConceptExtractor.annotate``;
+* the sample shuffle is seeded (``--seed``, rank, worker, epoch), so a run is reproducible;
 * a batch is ``(images, texts, concepts)`` where ``concepts`` holds the flat tensors ``SimZSS.forward`` takes:
   ``concept_ids [M]``, ``concept_image_index [M]``, ``concept_token_mask [M, L]``.
 
@@ -207,8 +208,12 @@ def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor:
                 wds.split_by_node,
                 wds.split_by_worker,
             ]
+        # OpenCLIP uses wds.shuffle, seeded from the clock and pid: runs with the same --seed differ. A seed from
+        # the loader worker's torch seed (itself drawn from --seed and the rank) and the epoch makes the sample
+        # order reproducible while still different across workers, ranks and epochs.
         pipeline += [tarfile_to_samples_nothrow,
-                     wds.shuffle(bufsize=_SAMPLE_SHUFFLE_SIZE, initial=_SAMPLE_SHUFFLE_INITIAL)]
+                     detshuffle2(bufsize=_SAMPLE_SHUFFLE_SIZE, initial=_SAMPLE_SHUFFLE_INITIAL, seed=-1,
+                                 epoch=shared_epoch)]
     else:
         pipeline += [wds.split_by_worker, tarfile_to_samples_nothrow]
 
