@@ -20,7 +20,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 import webdataset as wds

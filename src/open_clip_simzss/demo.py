@@ -220,7 +220,6 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
 
     model = open_clip_simzss.create_model("simzss-tiny", pretrained=str(
         out / "runs" / f"simzss-seed{seed}" / "checkpoints" / f"epoch_{cfg.epochs}.pt")).eval()
-    from .segmentation import to_uint8_image  # noqa: F401  (same image conversion as the segmenter)
     import open_clip
     pre = open_clip.get_model_preprocess_cfg(model)
     mean = torch.tensor(pre["mean"]).view(3, 1, 1)

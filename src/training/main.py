@@ -8,19 +8,17 @@ batches and the epoch loop (``training/train.py``). ``--lambda-concept 0`` train
 import json
 import logging
 import os
-import random
 import sys
 from datetime import datetime
 from functools import partial
 
 import fsspec
-import numpy as np
 import torch
 import open_clip
 from open_clip_train.data import expand_urls, get_imagenet
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
-from open_clip_train.main import LATEST_CHECKPOINT_NAME, get_latest_checkpoint
+from open_clip_train.main import LATEST_CHECKPOINT_NAME, get_latest_checkpoint, random_seed
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
 from open_clip_train.train import evaluate
 
@@ -40,12 +38,6 @@ try:
     import torch.utils.tensorboard as tensorboard
 except ImportError:
     tensorboard = None
-
-
-def random_seed(seed=42, rank=0):
-    torch.manual_seed(seed + rank)
-    np.random.seed(seed + rank)
-    random.seed(seed + rank)
 
 
 def load_checkpoint_file(path):

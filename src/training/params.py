@@ -74,7 +74,7 @@ def parse_args(argv):
         print("\nOpenCLIP options:")
         parse_open_clip_args(["--help"])  # prints and exits
     simzss_args, rest = ours.parse_known_args(argv)
-    if "--model" not in " ".join(rest):
+    if not any(a == "--model" or a.startswith("--model=") for a in rest):
         rest += ["--model", "simzss-vitb14"]
     args = parse_open_clip_args(rest)
     for k, v in vars(simzss_args).items():
