@@ -1,4 +1,4 @@
-# One command installs (into .venv) and runs each job. `make test` is what CI runs.
+# One command installs (into .venv) and runs each job. `make lint` and `make test` are what CI runs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,15 +9,19 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
-$(STAMP): setup.py
+# The exact known-good set (constraints.txt) of the ranges that pyproject.toml declares, with every extra.
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -30,4 +34,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
