@@ -1,5 +1,6 @@
-"""Distributed equivalence (SPEC §3): 2 gloo processes, each with half of a batch, give the loss and the
-(DDP-averaged) text-tower gradients of one process holding the whole batch."""
+"""Distributed equivalence (docs/method.md "Distributed training"): 2 gloo processes, each with half of a batch,
+give the loss and the (DDP-averaged) text-tower gradients of one process holding the whole batch, for both the
+paper and the release variant."""
 import socket
 
 import pytest
@@ -37,22 +38,22 @@ def make_batch(start=0, stop=BATCH):
     )
 
 
-def loss_and_grads(batch, **loss_kwargs):
+def loss_and_grads(batch, variant, **loss_kwargs):
     torch.manual_seed(0)
-    model = open_clip_simzss.create_model("simzss-tiny")
-    losses = SimZSSLoss(lambda_concept=0.5, **loss_kwargs)(**model(**batch))
+    model = open_clip_simzss.create_model("simzss-tiny", simzss_variant=variant)
+    losses = SimZSSLoss(lambda_concept=0.5, variant=variant, **loss_kwargs)(**model(**batch))
     loss = total_loss(losses)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), losses["concept_loss"].detach(), grads
 
 
-def _worker(rank, port, local_loss, out_path):
+def _worker(rank, port, variant, local_loss, out_path):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         half = BATCH // WORLD
         loss, concept, grads = loss_and_grads(
-            make_batch(rank * half, (rank + 1) * half),
+            make_batch(rank * half, (rank + 1) * half), variant,
             local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=WORLD,
         )
         # what DDP does: average the gradients (and, for the log, the losses) over ranks
@@ -74,12 +75,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("local_loss", [False, True])
-def test_two_processes_equal_one(tmp_path, local_loss):
-    loss, concept, grads = loss_and_grads(make_batch())
+@pytest.mark.parametrize("variant,local_loss", [("paper", False), ("paper", True), ("release", False),
+                                                ("release", True)])
+def test_two_processes_equal_one(tmp_path, variant, local_loss):
+    loss, concept, grads = loss_and_grads(make_batch(), variant)
     assert concept.item() > 0
     out_path = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), local_loss, str(out_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), variant, local_loss, str(out_path)), nprocs=WORLD, join=True)
     result = torch.load(out_path, weights_only=True)
     assert result["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
     assert result["concept"].item() == pytest.approx(concept.item(), abs=1e-5)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from open_clip_simzss.loss import (
-    SimZSSLoss, concept_classification_loss, concept_classifier, pool_visual_concepts, total_loss,
+    SimZSSLoss, classify_visual_concepts, concept_classification_loss, concept_classifier, concept_queries,
+    pool_visual_concepts, total_loss,
 )
 from open_clip_simzss.model import pool_text_concepts
 
@@ -149,3 +150,98 @@ def test_missing_concept_outputs_is_a_clear_error():
 def test_bad_hyperparameters_are_refused(kwargs):
     with pytest.raises(ValueError):
         SimZSSLoss(**kwargs)
+
+
+# --- the "release" variant (the authors' code, docs/method.md): each difference by hand --------------------------
+def _release_case():
+    """Two images whose patches are the basis vectors e1, e2; three concepts: a = [3, 0] (id 2, image 0),
+    b = [0, 4] (id 2, image 1), c = [0, 1] (id 7, image 0). Classifier rows: id 2 -> normalize([3, 4]) =
+    [0.6, 0.8], id 7 -> [0, 1]."""
+    patches = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    text = torch.tensor([[3.0, 0.0], [0.0, 4.0], [0.0, 1.0]])
+    return patches, text, torch.tensor([2, 2, 7]), torch.tensor([0, 1, 0])
+
+
+def _pooled_by_hand(q, tau):
+    """Patches e1, e2: s = softmax(q̂ / τ) and c_v = s (the patches are the basis)."""
+    norm = math.hypot(*q)
+    e = [math.exp(x / norm / tau) for x in q]
+    return [x / sum(e) for x in e]
+
+
+def _ce_by_hand(visual, rows, temperature, label):
+    v = [x / math.hypot(*visual) for x in visual]
+    logits = [(v[0] * r[0] + v[1] * r[1]) / temperature for r in rows]
+    return math.log(sum(math.exp(x) for x in logits)) - logits[label], logits
+
+
+def test_release_queries_are_classifier_rows_by_hand():
+    patches, text, ids, image = _release_case()
+    classifier, target = concept_classifier(text, ids)
+    assert torch.allclose(concept_queries(text, classifier, target, "release"),
+                          torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.0, 1.0]]))
+    assert torch.equal(concept_queries(text, classifier, target, "paper"), text)
+    # the whole release loss, by hand: queries [0.6, 0.8] (a, b) and [0, 1] (c), tau = 0.5, T = 0.25
+    rows = [[0.6, 0.8], [0.0, 1.0]]
+    expected, correct = 0.0, 0
+    for q, true_row in (([0.6, 0.8], 0), ([0.6, 0.8], 0), ([0.0, 1.0], 1)):
+        visual = _pooled_by_hand(q, 0.5)
+        _, logits = _ce_by_hand(visual, rows, 0.25, 0)
+        label = max(range(2), key=lambda k: (logits[k], -k))  # argmax, ties to the lowest id
+        expected += _ce_by_hand(visual, rows, 0.25, label)[0] / 3
+        correct += label == true_row
+    loss_fn = SimZSSLoss(lambda_concept=1.0, tau=0.5, concept_temperature=0.25, variant="release")
+    loss, accuracy = loss_fn.concept_loss(patches, text, ids, image)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert accuracy.item() == pytest.approx(correct / 3)
+    # the paper variant on the same input queries with a = [1, 0], b = [0, 1], c = [0, 1], target = own id
+    expected_paper = sum(_ce_by_hand(_pooled_by_hand(q, 0.5), rows, 0.25, row)[0]
+                         for q, row in (([3.0, 0.0], 0), ([0.0, 4.0], 0), ([0.0, 1.0], 1))) / 3
+    paper, _ = SimZSSLoss(lambda_concept=1.0, tau=0.5, concept_temperature=0.25).concept_loss(patches, text, ids, image)
+    assert paper.item() == pytest.approx(expected_paper, rel=1e-6)
+    assert abs(paper.item() - loss.item()) > 0.05  # the two variants differ on this input
+
+
+def test_release_target_is_the_argmax_of_detached_logits_by_hand():
+    # concept 0 (true id row 0) looks like row 1: the release target is row 1, the paper's is row 0
+    visual = torch.tensor([[0.0, 1.0], [1.0, 0.2]])
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    target = torch.tensor([0, 0])
+    loss, accuracy = classify_visual_concepts(visual, rows, target, temperature=0.5, variant="release")
+    ce0, _ = _ce_by_hand([0.0, 1.0], [[1, 0], [0, 1]], 0.5, 1)
+    ce1, _ = _ce_by_hand([1.0, 0.2], [[1, 0], [0, 1]], 0.5, 0)
+    assert loss.item() == pytest.approx((ce0 + ce1) / 2, rel=1e-6)
+    assert accuracy.item() == 0.5  # mean(argmax == true id): concept 0 is wrong, concept 1 right
+    paper, paper_accuracy = classify_visual_concepts(visual, rows, target, temperature=0.5, variant="paper")
+    assert paper.item() == pytest.approx((_ce_by_hand([0.0, 1.0], [[1, 0], [0, 1]], 0.5, 0)[0] + ce1) / 2)
+    assert paper_accuracy.item() == 0.5
+    # the target carries no gradient: the gradient is that of a cross-entropy with the labels fixed
+    loss.backward()
+    fixed = rows.detach().clone().requires_grad_(True)
+    F.cross_entropy(F.normalize(visual, dim=-1) @ fixed.t() / 0.5, torch.tensor([1, 0])).backward()
+    assert torch.allclose(rows.grad, fixed.grad)
+
+
+def test_release_target_ties_go_to_the_lowest_id():
+    # a visual concept exactly between rows 0 and 1: the loss is log 2 either way, the gradient tells which
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    loss, _ = classify_visual_concepts(torch.tensor([[1.0, 1.0]]), rows, torch.tensor([1]), 1.0, "release")
+    assert loss.item() == pytest.approx(math.log(2))
+    loss.backward()
+    v = 1 / math.sqrt(2)
+    # d CE / d h_k = (p_k - [k == label]) v / T with p = (1/2, 1/2) and label = row 0 (the lower id)
+    assert torch.allclose(rows.grad, torch.tensor([[-0.5 * v, -0.5 * v], [0.5 * v, 0.5 * v]]))
+
+
+def test_release_softmax_runs_over_the_classes_present_only():
+    # ids 3 and 900 of a large bank: two classes, not 901, so one concept's loss is log(1 + e^(Δ/T))
+    visual, text = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss_3, _ = concept_classification_loss(visual[[0, 0]], text, torch.tensor([3, 900]), 0.5, variant="release")
+    assert loss_3.item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="variant"):
+        SimZSSLoss(variant="authors")
+    with pytest.raises(ValueError, match="variant"):
+        concept_classification_loss(torch.ones(1, 2), torch.ones(1, 2), torch.tensor([0]), variant="x")

@@ -1,7 +1,10 @@
 """The SimZSS model: configs, shapes, a frozen tower for real, weights from local files, OpenCLIP interop."""
+import math
+
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import open_clip_simzss
@@ -173,3 +176,101 @@ def test_trimmed_text_tower_equals_the_full_one(tiny_model, tokenizer):
     mask[0, length + 1] = True
     with pytest.raises(ValueError, match="after its caption's end-of-text"):
         tiny_model.encode_text_concepts(tokens, index, mask)
+
+
+# --- text concepts of the two variants (docs/method.md) ------------------------------------------------------------
+def test_text_concepts_by_hand_paper_and_release():
+    # g doubles the first coordinate; concept 0 = tokens [3, 4] and [0, 2] of caption 1, concept 1 = token [1, 0]
+    tokens = torch.tensor([[[1.0, 0.0], [9.0, 9.0], [9.0, 9.0]], [[9.0, 9.0], [3.0, 4.0], [0.0, 2.0]]])
+    mask = torch.tensor([[False, True, True], [True, False, False]])
+    index = torch.tensor([1, 0])
+    project = lambda x: x * torch.tensor([2.0, 1.0])  # noqa: E731
+    paper = open_clip_simzss.text_concepts(tokens, index, mask, project, "paper")
+    assert torch.allclose(paper, torch.tensor([[3.0, 3.0], [2.0, 0.0]]))  # g(mean) = g([1.5, 3])
+    release = open_clip_simzss.text_concepts(tokens, index, mask, project, "release")
+    # Σ normalize(g(token)): normalize([6, 4]) + normalize([0, 2]) = [6, 4] / sqrt(52) + [0, 1], not renormalised
+    expected = torch.tensor([[6 / math.sqrt(52), 4 / math.sqrt(52) + 1.0], [1.0, 0.0]])
+    assert torch.allclose(release, expected)
+    with pytest.raises(ValueError, match="variant"):
+        open_clip_simzss.text_concepts(tokens, index, mask, project, "mean")
+
+
+def test_model_builds_text_concepts_with_its_variant(tokenizer):
+    torch.manual_seed(0)
+    batch = _batch(tokenizer)
+    paper = open_clip_simzss.create_model("simzss-tiny")
+    release = open_clip_simzss.create_model("simzss-tiny", simzss_variant="release")
+    release.load_state_dict(paper.state_dict())
+    assert (paper.simzss_variant, release.simzss_variant) == ("paper", "release")
+    tokens = paper.encode_text_tokens(batch["text"])
+    args = (tokens, batch["concept_image_index"], batch["concept_token_mask"])
+    out = release(**batch)
+    expected = open_clip_simzss.text_concepts(*args, release.project_text, "release")
+    assert torch.allclose(out["text_concepts"], expected, atol=1e-5)
+    # concept 2 spans two tokens: its release vector is a sum of two unit vectors
+    assert out["text_concepts"][2].norm() > 1.01
+    assert torch.allclose(paper(**batch)["text_concepts"], paper.encode_text_concepts(*args), atol=1e-5)
+    with pytest.raises(ValueError, match="variant"):
+        open_clip_simzss.create_model("simzss-tiny", simzss_variant="authors")
+
+
+def _authors_concept_loss(model, batch, n_classes, tau, temperature):
+    """The authors' single-process concept loss (tileb1/simzss@2142ac5, open_clip/model.py SimZSS.forward and
+    loss.py ZSLoss.forward, beta_ema = 0), rewritten in their layout: a dense [n_classes + 1, d] classifier
+    filled by scatter (the extra row takes padding), concepts as padded token-index tensors, the logits over
+    all n_classes with absent classes masked to -inf."""
+    tokens = F.normalize(model.project_text(model.encode_text_tokens(batch["text"])), dim=-1)
+    b, n, d = tokens.shape
+    mask, image_index, ids = batch["concept_token_mask"], batch["concept_image_index"], batch["concept_ids"]
+    per_image = int(torch.bincount(image_index).max())
+    width = int(mask.sum(1).max())
+    indices = torch.full((b, per_image, width), n)  # index n = an appended zero token
+    labels = torch.full((b, per_image), n_classes)
+    slot = [0] * b
+    for m in range(len(ids)):
+        i = int(image_index[m])
+        positions = mask[m].nonzero()[:, 0]
+        indices[i, slot[i], :len(positions)] = positions
+        labels[i, slot[i]] = ids[m]
+        slot[i] += 1
+    padded = torch.cat([tokens, tokens.new_zeros(b, 1, d)], dim=1)
+    concepts = torch.gather(padded[:, None].expand(-1, per_image, -1, -1), 2,
+                            indices[..., None].expand(-1, -1, -1, d)).sum(2)
+    valid = (indices.min(-1).values != n).reshape(-1)
+    classifier = torch.zeros(n_classes + 1, d).scatter_reduce(
+        0, labels[..., None].expand(-1, -1, d).reshape(-1, d), concepts.reshape(-1, d), reduce="sum")
+    classifier = F.normalize(F.normalize(classifier, dim=-1), dim=-1)  # beta_ema = 0: the "EMA" is the batch's
+    queries = F.normalize(classifier[labels.reshape(-1)].reshape(b, per_image, d), dim=-1)
+    patches = F.normalize(model.encode_dense(batch["image"]).flatten(1, 2), dim=-1)
+    weights = torch.softmax(torch.einsum("bkd,bnd->bkn", queries, patches) / tau, dim=2)
+    visual = F.normalize(torch.einsum("bnd,bkn->bkd", patches, weights).reshape(-1, d), dim=-1)[valid]
+    true = labels.reshape(-1)[valid]
+    counts = torch.zeros(n_classes).scatter_reduce(0, true, torch.ones(len(true)), reduce="sum")
+    logits = (visual @ classifier[:-1].t()) / temperature
+    with torch.no_grad():
+        masked = logits.detach().clone()
+        masked[:, counts == 0] = -float("inf")
+        target = masked.argmax(1)
+    logits = logits.masked_fill((counts == 0)[None], -float("inf"))
+    return F.cross_entropy(logits, target), (target == true).float().mean()
+
+
+# two concepts of one id (their queries are one shared row); three ids, one concept classified wrongly (2/3)
+@pytest.mark.parametrize("ids", [[4, 1, 4], [9, 1, 4]])
+def test_release_variant_equals_the_authors_single_process_loss(tokenizer, ids):
+    torch.manual_seed(0)
+    batch = _batch(tokenizer)
+    batch["concept_ids"] = torch.tensor(ids)
+    model = open_clip_simzss.create_model("simzss-tiny", simzss_variant="release")
+    ours, accuracy = SimZSSLoss(lambda_concept=1.0, tau=0.1, concept_temperature=0.07, variant="release").concept_loss(
+        **{k: v for k, v in model(**batch).items() if k in ("patch_tokens", "text_concepts", "concept_ids",
+                                                            "concept_image_index")})
+    ours.backward()
+    ours_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    theirs, their_accuracy = _authors_concept_loss(model, batch, n_classes=574, tau=0.1, temperature=0.07)
+    theirs.backward()
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
+    assert accuracy.item() == pytest.approx(their_accuracy.item())
+    for n, g in ours_grads.items():
+        assert torch.allclose(g, model.get_parameter(n).grad, rtol=1e-4, atol=1e-5), n

@@ -9,7 +9,7 @@ from .factory import (
     create_model, create_model_and_transforms, create_model_from_pretrained, list_models, register_model_configs,
 )
 from .loss import SimZSSLoss, concept_classification_loss, pool_visual_concepts, total_loss
-from .model import SimZSS, pool_text_concepts
+from .model import SimZSS, pool_text_concepts, text_concepts
 from .segment import SegmentationResult, Segmenter
 
 __version__ = "0.1.0"

@@ -1,13 +1,20 @@
-"""SimZSS losses (paper §3, SPEC §3): ``L = L_g + λ L_l`` (Eq. 10).
+"""SimZSS losses (paper §3; docs/method.md): ``L = L_g + λ L_l`` (Eq. 10).
 
 * ``L_g`` (Eq. 5-6) is OpenCLIP's ``ClipLoss``, used as is.
 * ``L_l`` (Eq. 3-4, 7-9) is the concept loss: each text concept queries the patch tokens of its own image to
   pool a visual concept (``pool_visual_concepts``), which is then classified among the unique concepts of the
   global batch, the classifier being the sum of the batch's text concepts per concept id
-  (``concept_classification_loss``).
+  (``concept_classifier``, ``concept_classification_loss``).
+
+Two variants (``variant=``, docs/method.md "Paper vs release"): ``"paper"`` follows the paper's equations;
+``"release"`` reproduces the authors' released code (tileb1/simzss), whose published numbers it produced: each
+concept queries the patches with its id's classifier row instead of its own vector, and the cross-entropy target
+is the argmax of the detached logits instead of the concept's id. (The third difference, how a text concept is
+built from its tokens, is in ``model.text_concepts``.)
 
 Distributed training all-gathers the concepts (with gradient for the local ones when ``gather_with_grad``),
-so the result equals single-process training on the same global batch, exactly as OpenCLIP's ``ClipLoss``.
+so the result equals single-process training on the same global batch, for both variants, exactly as
+OpenCLIP's ``ClipLoss``.
 """
 from typing import Dict, Optional, Tuple
 
@@ -32,7 +39,8 @@ def pool_visual_concepts(
     Args:
         patch_tokens: [B, N, d] patch tokens (any norm; normalised here).
         image_index: [M] long, the image of each concept.
-        text_concepts: [M, d] projected text concepts ``c̃_t``.
+        text_concepts: [M, d] the queries (any norm; normalised here): the projected text concepts ``c̃_t``,
+            or their classifier rows for the release variant (``concept_queries``).
         tau: softmax temperature over patches (Table 9: 0.1).
     Returns:
         [M, d] visual concepts ``c_v`` (not normalised).
@@ -61,15 +69,55 @@ def pool_visual_concepts(
     return torch.zeros_like(queries).index_put((order,), pooled)
 
 
+VARIANTS = ("paper", "release")
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SimZSS variant {variant!r}: use one of {', '.join(VARIANTS)} (docs/method.md)")
+    return variant
+
+
 def concept_classifier(text_concepts: torch.Tensor, concept_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eq. 7: one row per unique concept id, ``h_j = Σ_{l: id_l = j} c̃_t^l``, rows l2-normalised.
 
-    Returns (classifier [k, d], target [M]: the row of each concept's own id).
+    Returns (classifier [k, d], target [M]: the row of each concept's own id). Rows are sorted by id, so "the
+    lowest id" and "the first row" are the same thing. Only the ids present in the batch have a row: this is
+    the release code's restriction of the softmax to the classes present in the batch.
     """
     unique_ids, target = torch.unique(concept_ids, return_inverse=True)
     summed = text_concepts.new_zeros(unique_ids.shape[0], text_concepts.shape[-1]).index_put(
         (target,), text_concepts, accumulate=True)
     return F.normalize(summed, dim=-1), target
+
+
+def concept_queries(text_concepts: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
+                    variant: str = "paper") -> torch.Tensor:
+    """What each concept queries the patches with (Eq. 3): its own text concept (paper), or its id's
+    classifier row, i.e. the normalised sum of the batch's concepts of that id (release)."""
+    return text_concepts if check_variant(variant) == "paper" else classifier[target]
+
+
+def classify_visual_concepts(
+        visual_concepts: torch.Tensor,
+        classifier: torch.Tensor,
+        target: torch.Tensor,
+        temperature: float = 0.07,
+        variant: str = "paper",
+        reduction: str = "mean",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8-9 on a ready classifier: ``logits = normalize(c_v) · hᵀ / T``, cross-entropy.
+
+    The cross-entropy target is the concept's own row ``target`` (paper) or the argmax of the detached logits
+    (release; ties go to the first row, the lowest id; the target carries no gradient). Returns (loss,
+    accuracy = mean(argmax == own row), detached).
+    """
+    logits = F.normalize(visual_concepts, dim=-1) @ classifier.t() / temperature
+    predicted = logits.detach().argmax(dim=-1)  # torch.argmax returns the first maximum
+    labels = target if check_variant(variant) == "paper" else predicted
+    loss = F.cross_entropy(logits, labels, reduction=reduction)
+    accuracy = (predicted == target).float().mean() if target.numel() else logits.new_zeros(())
+    return loss, accuracy.detach()
 
 
 def concept_classification_loss(
@@ -78,22 +126,22 @@ def concept_classification_loss(
         concept_ids: torch.Tensor,
         temperature: float = 0.07,
         reduction: str = "mean",
+        variant: str = "paper",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 7-9: classify each visual concept among the batch's unique concepts; cross-entropy on its own id.
+    """Eq. 7-9: classify each visual concept among the batch's unique concepts (``classify_visual_concepts``).
 
-    ``p = softmax_k(normalize(c_v) · hᵀ / T)``. The paper prints no temperature; the reference code uses a
-    fixed T = 0.07 (SPEC §3). The target is the concept's true id (not the argmax of detached logits).
+    ``p = softmax_k(normalize(c_v) · hᵀ / T)``. The paper prints no temperature; the authors' code uses a fixed
+    T = 0.07 (docs/method.md). ``variant`` chooses the cross-entropy target (the true id, or the release code's
+    argmax of the detached logits); the visual concepts must have been pooled with that variant's queries.
 
     Returns (loss, accuracy). With no concept the loss is a finite zero that still carries a graph.
     """
+    check_variant(variant)
     if concept_ids.shape[0] == 0:
         zero = visual_concepts.sum() * 0.0 + text_concepts.sum() * 0.0
         return zero, zero.detach()
     classifier, target = concept_classifier(text_concepts, concept_ids)
-    logits = F.normalize(visual_concepts, dim=-1) @ classifier.t() / temperature
-    loss = F.cross_entropy(logits, target, reduction=reduction)
-    accuracy = (logits.argmax(dim=-1) == target).float().mean().detach()
-    return loss, accuracy
+    return classify_visual_concepts(visual_concepts, classifier, target, temperature, variant, reduction)
 
 
 def _all_gather_variable(tensor: torch.Tensor, counts: list, rank: int, with_grad: bool) -> torch.Tensor:
@@ -120,11 +168,17 @@ class SimZSSLoss(nn.Module):
     ``concept_loss`` (already multiplied by λ; their sum is the training loss) and ``concept_accuracy`` (for
     logging, detached). Use ``total_loss(losses)`` to sum the losses.
 
-    Distributed (``world_size > 1``, torch.distributed): text concepts, ids and visual concepts are
-    all-gathered. With ``local_loss=False`` every rank computes the loss of the whole global batch; with
-    ``local_loss=True`` a rank classifies its own visual concepts only, weighted so that the mean over ranks
-    is the global loss. Either way, with ``gather_with_grad=True`` the DDP-averaged gradients equal those of
-    one process holding the whole batch.
+    ``variant`` is ``"paper"`` or ``"release"`` (module docstring, docs/method.md); the model's text concepts
+    must be built with the same variant (``SimZSS(simzss_variant=...)``; ``python -m training.main
+    --simzss-variant`` sets both).
+
+    Distributed (``world_size > 1``, torch.distributed): text concepts and ids are all-gathered first (the
+    classifier, and the release variant's queries, need the whole global batch), visual concepts are pooled
+    locally (each needs its own image) and then gathered. With ``local_loss=False`` every rank computes the loss
+    of the whole global batch; with ``local_loss=True`` a rank classifies its own visual concepts only,
+    weighted so that the mean over ranks is the global loss. Either way, with ``gather_with_grad=True`` the
+    DDP-averaged gradients equal those of one process holding the whole batch, for both variants. (The
+    authors' multi-GPU code is not equal to one process: docs/method.md.)
     """
 
     def __init__(
@@ -138,6 +192,7 @@ class SimZSSLoss(nn.Module):
             rank: int = 0,
             world_size: int = 1,
             use_horovod: bool = False,
+            variant: str = "paper",
     ):
         super().__init__()
         if lambda_concept < 0 or tau <= 0 or concept_temperature <= 0:
@@ -155,6 +210,7 @@ class SimZSSLoss(nn.Module):
         self.gather_with_grad = gather_with_grad
         self.rank = rank
         self.world_size = world_size
+        self.variant = check_variant(variant)
 
     def concept_loss(
             self,
@@ -164,34 +220,40 @@ class SimZSSLoss(nn.Module):
             concept_image_index: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``L_l`` (Eq. 3-4, 7-9) over the global batch; returns (loss, accuracy)."""
-        # Visual concepts need the concept's own image, which is local: pool before gathering.
-        visual_concepts = pool_visual_concepts(patch_tokens, concept_image_index, text_concepts, self.tau)
-        if self.world_size == 1:
-            return concept_classification_loss(visual_concepts, text_concepts, concept_ids, self.concept_temperature)
-
-        local_count = torch.tensor([concept_ids.shape[0]], device=concept_ids.device)
-        counts = [torch.zeros_like(local_count) for _ in range(self.world_size)]
-        dist.all_gather(counts, local_count)
-        counts = [int(c) for c in counts]
+        counts = [concept_ids.shape[0]]
+        all_text, all_ids = text_concepts, concept_ids
+        if self.world_size > 1:
+            local_count = torch.tensor([concept_ids.shape[0]], device=concept_ids.device)
+            gathered = [torch.zeros_like(local_count) for _ in range(self.world_size)]
+            dist.all_gather(gathered, local_count)
+            counts = [int(c) for c in gathered]
+            all_text = _all_gather_variable(text_concepts, counts, self.rank, self.gather_with_grad)
+            all_ids = _all_gather_variable(concept_ids, counts, self.rank, with_grad=False)
         total = sum(counts)
-        all_text = _all_gather_variable(text_concepts, counts, self.rank, self.gather_with_grad)
-        all_ids = _all_gather_variable(concept_ids, counts, self.rank, with_grad=False)
         if total == 0:
-            return concept_classification_loss(visual_concepts, all_text, all_ids, self.concept_temperature)
-        if not self.local_loss:
-            all_visual = _all_gather_variable(visual_concepts, counts, self.rank, self.gather_with_grad)
-            return concept_classification_loss(all_visual, all_text, all_ids, self.concept_temperature)
+            zero = patch_tokens.sum() * 0.0 + all_text.sum() * 0.0
+            return zero, zero.detach()
+
+        classifier, target = concept_classifier(all_text, all_ids)
+        rank = self.rank if self.world_size > 1 else 0
+        start = sum(counts[:rank])
+        local_target = target[start: start + counts[rank]]
+        queries = concept_queries(text_concepts, classifier, local_target, self.variant)
+        # Visual concepts need the concept's own image, which is local: pool before gathering.
+        visual_concepts = pool_visual_concepts(patch_tokens, concept_image_index, queries, self.tau)
+        if self.world_size == 1 or not self.local_loss:
+            if self.world_size > 1:
+                visual_concepts = _all_gather_variable(visual_concepts, counts, self.rank, self.gather_with_grad)
+            return classify_visual_concepts(visual_concepts, classifier, target, self.concept_temperature,
+                                            self.variant)
 
         # Local loss: this rank's visual concepts against the global classifier. Summed CE / global count,
         # times world_size, so that the mean over ranks (what DDP averages) is the global mean.
-        classifier, target = concept_classifier(all_text, all_ids)
-        start = sum(counts[: self.rank])
-        local_target = target[start: start + counts[self.rank]]
-        logits = F.normalize(visual_concepts, dim=-1) @ classifier.t() / self.concept_temperature
-        loss = F.cross_entropy(logits, local_target, reduction="sum") * (self.world_size / total)
-        if counts[self.rank] == 0:
+        loss, accuracy = classify_visual_concepts(visual_concepts, classifier, local_target,
+                                                  self.concept_temperature, self.variant, reduction="sum")
+        loss = loss * (self.world_size / total)
+        if counts[rank] == 0:
             loss = loss + visual_concepts.sum() * 0.0  # keep the graph connected on a rank without concepts
-        accuracy = (logits.argmax(-1) == local_target).float().mean().detach() if counts[self.rank] else loss.detach() * 0
         return loss, accuracy
 
     def forward(

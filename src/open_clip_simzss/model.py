@@ -1,4 +1,4 @@
-"""The SimZSS model (paper §3, SPEC §1): a frozen timm ViT ``f_v`` and a trainable OpenCLIP text tower ``f_t``.
+"""The SimZSS model (paper §3, docs/method.md): a frozen timm ViT ``f_v`` and a trainable OpenCLIP text tower ``f_t``.
 
 The shared space IS the vision tower's space: there is no projection on the vision side, and the text side
 has one linear map ``g`` (the text projection). Text concepts (Eq. 1-2) are pooled from the text tower's output
@@ -8,7 +8,7 @@ The state-dict layout (``visual.trunk.*``, ``text.*``, ``logit_scale``) is the o
 ``CustomTextCLIP`` with a ``TimmModel`` vision tower, so a SimZSS checkpoint of a "token"-pooled config also
 loads into a plain OpenCLIP model (global features only, see README "Interoperability").
 """
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import timm
@@ -19,6 +19,7 @@ from open_clip.model import _build_text_tower  # the builder OpenCLIP's own Cust
 from open_clip.transformer import text_global_pool
 
 from .denoiser import build_denoiser
+from .loss import check_variant
 
 # vision_cfg keys this model understands. They are OpenCLIP's CLIPVisionCfg names (so our JSON configs stay
 # readable by OpenCLIP) plus ``timm_model_kwargs`` for towers that need extra timm arguments (simzss-tiny).
@@ -32,7 +33,7 @@ _POOLS = {"token": "CLS token after the final norm", "avg": "mean of the patch t
 class FrozenVisionTower(nn.Module):
     """``f_v``: a pretrained timm ViT, frozen for real.
 
-    Frozen means (SPEC §1): no parameter requires grad, the tower stays in eval mode whatever ``train()`` is
+    Frozen means: no parameter requires grad, the tower stays in eval mode whatever ``train()`` is
     called with (no dropout / drop-path), and its forward runs under ``torch.no_grad()`` so no graph is built.
     Position embeddings are interpolated to the input size on the fly (timm ``dynamic_img_size``), from the
     tower's native grid (37x37 for DINOv2), so one tower serves 224 training crops and 448 evaluation windows.
@@ -119,6 +120,29 @@ class FrozenVisionTower(nn.Module):
         return self.forward_tokens(image)[0]
 
 
+def _concept_token_rows(
+        text_tokens: torch.Tensor,
+        concept_image_index: torch.Tensor,
+        concept_token_mask: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The (concept, position) pairs that are set: (concept of each pair [E], its token [E, d_t]).
+
+    Only these pairs are gathered: M x L x d_t would not fit for big batches.
+    """
+    if concept_token_mask.shape[0] != concept_image_index.shape[0]:
+        raise ValueError("concept_token_mask and concept_image_index disagree on the number of concepts")
+    if bool((concept_token_mask.sum(dim=1) == 0).any()):
+        raise ValueError("every concept needs at least one token position")
+    concept_idx, position = concept_token_mask.nonzero(as_tuple=True)
+    return concept_idx, text_tokens[concept_image_index[concept_idx], position]
+
+
+def _sum_per_concept(rows: torch.Tensor, concept_idx: torch.Tensor, num_concepts: int) -> torch.Tensor:
+    # index_put(accumulate=True), whose CPU kernel is fast; index_add_/scatter_add_ (also the backward of
+    # index_select) take ~100 ms per call on these CPU builds.
+    return rows.new_zeros(num_concepts, rows.shape[-1]).index_put((concept_idx,), rows, accumulate=True)
+
+
 def pool_text_concepts(
         text_tokens: torch.Tensor,
         concept_image_index: torch.Tensor,
@@ -133,25 +157,43 @@ def pool_text_concepts(
     Returns:
         [M, d_t]
     """
-    if concept_token_mask.shape[0] != concept_image_index.shape[0]:
-        raise ValueError("concept_token_mask and concept_image_index disagree on the number of concepts")
-    counts = concept_token_mask.sum(dim=1, keepdim=True)
-    if bool((counts == 0).any()):
-        raise ValueError("every concept needs at least one token position")
-    # Gather only the (concept, position) pairs that are set: M x L x d_t would not fit for big batches.
-    # Advanced indexing and index_put(accumulate=True), whose CPU kernels are fast; index_add_/scatter_add_
-    # (also the backward of index_select) take ~100 ms per call on these CPU builds.
-    concept_idx, position = concept_token_mask.nonzero(as_tuple=True)
-    picked = text_tokens[concept_image_index[concept_idx], position]  # [E, d_t]
-    summed = picked.new_zeros(concept_token_mask.shape[0], picked.shape[-1]).index_put(
-        (concept_idx,), picked, accumulate=True)
-    return summed / counts.to(summed.dtype)
+    concept_idx, picked = _concept_token_rows(text_tokens, concept_image_index, concept_token_mask)
+    counts = concept_token_mask.sum(dim=1, keepdim=True).to(picked.dtype)
+    return _sum_per_concept(picked, concept_idx, concept_token_mask.shape[0]) / counts
+
+
+def text_concepts(
+        text_tokens: torch.Tensor,
+        concept_image_index: torch.Tensor,
+        concept_token_mask: torch.Tensor,
+        project: Callable[[torch.Tensor], torch.Tensor],
+        variant: str = "paper",
+) -> torch.Tensor:
+    """The projected text concepts ``c̃_t`` [M, d_v] (Eq. 1-2), as the chosen variant builds them.
+
+    * ``"paper"``: ``g(mean_{i in S_l} z_t^i)`` (``pool_text_concepts``, then ``project``).
+    * ``"release"`` (the authors' code): ``Σ_{i in S_l} normalize(g(z_t^i))``, a sum of unit vectors that is
+      not normalised afterwards (a concept of two tokens has a norm up to 2).
+
+    Args:
+        text_tokens: [B, L, d_t] text tower outputs after the final norm (before ``g``).
+        concept_image_index: [M] the caption of each concept.
+        concept_token_mask: [M, L] bool, the token positions of each concept.
+        project: the map ``g`` (``SimZSS.project_text``).
+        variant: ``"paper"`` or ``"release"`` (docs/method.md).
+    """
+    if check_variant(variant) == "paper":
+        return project(pool_text_concepts(text_tokens, concept_image_index, concept_token_mask))
+    concept_idx, picked = _concept_token_rows(text_tokens, concept_image_index, concept_token_mask)
+    return _sum_per_concept(F.normalize(project(picked), dim=-1), concept_idx, concept_token_mask.shape[0])
 
 
 class SimZSS(nn.Module):
     """SimZSS: frozen vision tower, trainable text tower and text projection ``g``, learnable logit scale.
 
     Outputs are dicts (OpenCLIP's ``output_dict`` convention); ``forward`` returns what ``SimZSSLoss`` takes.
+    ``simzss_variant`` ("paper" or "release", docs/method.md) chooses how ``forward`` builds text concepts
+    (``text_concepts``); it is a training choice, not part of the weights, and must match the loss's variant.
     """
 
     output_dict: bool
@@ -167,6 +209,7 @@ class SimZSS(nn.Module):
             nonscalar_logit_scale: bool = False,
             cast_dtype: Optional[torch.dtype] = None,
             output_dict: bool = True,
+            simzss_variant: str = "paper",
     ):
         super().__init__()
         unknown = set(vision_cfg) - _VISION_KEYS
@@ -175,6 +218,7 @@ class SimZSS(nn.Module):
         if init_logit_bias is not None:
             raise ValueError("SimZSS uses the CLIP (softmax) loss: init_logit_bias is not supported")
         self.output_dict = output_dict
+        self.simzss_variant = check_variant(simzss_variant)
         self.visual = FrozenVisionTower(**vision_cfg)
         if self.visual.width != embed_dim:
             raise ValueError(
@@ -259,8 +303,10 @@ class SimZSS(nn.Module):
             text_tokens: torch.Tensor,
             concept_image_index: torch.Tensor,
             concept_token_mask: torch.Tensor,
+            variant: Optional[str] = None,
     ) -> torch.Tensor:
-        """Eq. 1-2: ``c̃_t = g(mean of the concept's tokens)`` [M, d_v].
+        """Eq. 1-2: the projected text concepts ``c̃_t`` [M, d_v] (``text_concepts``; ``variant`` defaults to
+        the model's ``simzss_variant``).
 
         ``text_tokens`` may be trimmed to L' <= L positions (``_encode_text_both``); concepts lie before EOS.
         """
@@ -269,7 +315,8 @@ class SimZSS(nn.Module):
             if bool(concept_token_mask[:, length:].any()):
                 raise ValueError("a concept lies after its caption's end-of-text token")
             concept_token_mask = concept_token_mask[:, :length]
-        return self.project_text(pool_text_concepts(text_tokens, concept_image_index, concept_token_mask))
+        return text_concepts(text_tokens, concept_image_index, concept_token_mask, self.project_text,
+                             variant or self.simzss_variant)
 
     # --- training forward -------------------------------------------------------------------------------------
     def forward(
