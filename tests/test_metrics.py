@@ -1,4 +1,4 @@
-"""mIoU as MMSeg computes it (EVAL_PROTOCOL.md §5) and the background-threshold sweep."""
+"""mIoU as MMSeg computes it (docs/evaluation.md, "mIoU") and the background-threshold sweep."""
 import math
 
 import numpy as np

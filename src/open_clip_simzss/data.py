@@ -23,14 +23,19 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 import torch
-import webdataset as wds
 from PIL import Image
-from open_clip_train.data import (
+
+from .extras import require_train_extra
+from .images import IMAGE_EXTENSIONS
+
+require_train_extra("training", ("webdataset",))  # one clear line instead of an ImportError
+
+import webdataset as wds  # noqa: E402
+from open_clip_train.data import (  # noqa: E402
     _SAMPLE_SHUFFLE_INITIAL, _SAMPLE_SHUFFLE_SIZE, _SHARD_SHUFFLE_INITIAL, _SHARD_SHUFFLE_SIZE,
     DataInfo, ResampledShards2, SharedEpoch, detshuffle2, expand_urls, get_dataset_size, tarfile_to_samples_nothrow,
 )
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CONCEPTS_KEY = "concepts.json"
 
 
@@ -117,7 +122,7 @@ class SampleDecoder:
     def __call__(self, source):
         for sample in source:
             key = sample.get("__key__", "?")
-            image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+            image_key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
             if image_key is None or "txt" not in sample:
                 self.counter.skip("no image or no caption", key)
                 continue

@@ -1,6 +1,6 @@
-"""Readers for the eight zero-shot segmentation benchmarks of SPEC §5, in their MMSeg-standard folder layouts
-(EVAL_PROTOCOL.md §2). No MMSeg needed: each reader lists (image, label) pairs in MMSeg's order and loads
-labels with Pillow as raw indices (palette PNGs give their indices, not colours; §1.1).
+"""Readers for the eight zero-shot segmentation benchmarks, in their MMSeg-standard folder layouts
+(docs/evaluation.md, "Datasets"). No MMSeg needed: each reader lists (image, label) pairs in MMSeg's order and
+loads labels with Pillow as raw indices (palette PNGs give their indices, not colours).
 
 Layouts, relative to a data root (MMSeg's ``data/`` folder; the dataset folder itself is accepted too):
 
@@ -19,10 +19,10 @@ ade20k         ade/ADEChallengeData2016    images/validation/*.jpg, annotations/
 =============  ==========================  ==============================================================
 
 Label conventions: ignore index 255; ``reduce_zero_label`` (voc20, context59, ade20k) maps 0 -> 255 and
-x -> x - 1 (§2 "Mechanics"); with-background sets (voc21, context60, coco_object) keep 0 = background.
+x -> x - 1; with-background sets (voc21, context60, coco_object) keep 0 = background.
 
 Text class names come from ``data/classnames/<name>.txt``: one class per line, synonyms separated by ", ",
-background never listed (it is not a text class, SPEC §5). See ``data/classnames/README.md`` for the choices.
+background never listed (it is not a text class: docs/evaluation.md, "Background"). See ``data/classnames/README.md`` for the choices.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from .metrics import IGNORE_INDEX
+
 CLASSNAMES_DIR = Path(__file__).parent / "data" / "classnames"
 # Tables 1-2 of the paper: the five sets without background, then the three with background.
 BENCHMARK_ORDER = ("voc20", "context59", "coco_stuff", "cityscapes", "ade20k", "context60", "coco_object", "voc21")
@@ -260,7 +261,7 @@ _NUM_TEXT_CLASSES = {"voc20": 20, "voc21": 20, "context59": 59, "context60": 59,
                      "coco_object": 80, "cityscapes": 19, "ade20k": 150}
 
 
-# --- COCO-Object from COCO-Stuff (EVAL_PROTOCOL.md §2, "COCO-Object conversion") ---------------------------
+# --- COCO-Object from COCO-Stuff (docs/evaluation.md, "Datasets") ------------------------------------------
 # 0-indexed COCO-Stuff-164k label values of the 80 thing classes (COCO category id - 1; ids 12, 26, 29, 30, 45,
 # 66, 68, 69, 71, 83 and 91 are unused by COCO).
 COCO_THING_IDS = tuple(

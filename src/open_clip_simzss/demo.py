@@ -1,7 +1,7 @@
 """The embedded default: SimZSS vs LiT end to end on synthetic scenes, on a CPU, with no data and no weights.
 
-    python -m open_clip_simzss.demo                 # ~10 minutes on 2 cores; writes demo_output/report/
-    python -m open_clip_simzss.demo --quick         # a one-minute smoke run (tests)
+    simzss-demo                 # ~7 minutes on 2 cores; writes demo_output/report/
+    simzss-demo --quick         # a one-minute smoke run (tests)
 
 Steps, each through the code path users run:
 1. generate seeded synthetic scenes (``synthetic.py``): training shards (img2dataset layout) and a held-out
@@ -19,7 +19,6 @@ Steps, each through the code path users run:
 With no pretrained weights the tower is random: the demo uses the mean of the patch tokens as the global token
 (``simzss-tiny`` is configured so) since a random tower's CLS token carries nothing.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -27,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -112,12 +111,12 @@ def load_split(root: Path):
 
 def evaluate(checkpoint: Path, split, class_names, image_size: int):
     """Zero-shot segmentation of the held-out scenes: (summary dict, predictions)."""
-    import open_clip_simzss
+    from .loading import load_model, load_tokenizer
     from .metrics import IoUAccumulator
     from .segmentation import ZeroShotSegmenter
 
-    model = open_clip_simzss.create_model("simzss-tiny", pretrained=str(checkpoint)).eval()
-    segmenter = ZeroShotSegmenter(model, open_clip_simzss.get_tokenizer("simzss-tiny"), class_names,
+    model, _ = load_model("simzss-tiny", str(checkpoint), device="cpu")
+    segmenter = ZeroShotSegmenter(model, load_tokenizer(model), class_names,
                                   templates=DEMO_TEMPLATES, short_side=image_size, window=image_size,
                                   stride=image_size // 2)
     acc = IoUAccumulator(len(class_names))
@@ -149,8 +148,8 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import open_clip_simzss
-    from .visualize import colorize, legend_patches, palette, pca_basis, pca_rgb
+    from .loading import load_model
+    from .visualize import colorize, legend_patches, palette, pca_panels
 
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -218,8 +217,8 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
     fig.savefig(report / "loss_curves.png", dpi=110)
     plt.close(fig)
 
-    model = open_clip_simzss.create_model("simzss-tiny", pretrained=str(
-        out / "runs" / f"simzss-seed{seed}" / "checkpoints" / f"epoch_{cfg.epochs}.pt")).eval()
+    model, _ = load_model("simzss-tiny", str(out / "runs" / f"simzss-seed{seed}" / "checkpoints"
+                                              / f"epoch_{cfg.epochs}.pt"), device="cpu")
     import open_clip
     pre = open_clip.get_model_preprocess_cfg(model)
     mean = torch.tensor(pre["mean"]).view(3, 1, 1)
@@ -227,11 +226,11 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
     with torch.no_grad():
         dense = [model.encode_dense(((torch.from_numpy(split[i][0]).permute(2, 0, 1).float() / 255 - mean) / std)[None],
                                     normalize=True)[0] for i in shown]
-    center, basis = pca_basis(torch.cat([d.reshape(-1, d.shape[-1]) for d in dense]))
+    pictures = pca_panels(dense)  # one basis for all images: equal colours mean equal features
     fig, axes = plt.subplots(2, len(shown), figsize=(2.5 * len(shown), 5), squeeze=False)
     for col, i in enumerate(shown):
         axes[0, col].imshow(split[i][0])
-        axes[1, col].imshow(pca_rgb(dense[col], basis, center), interpolation="nearest")
+        axes[1, col].imshow(pictures[col], interpolation="nearest")
         axes[0, col].axis("off")
         axes[1, col].axis("off")
     axes[1, 0].set_title("dense features, PCA → RGB", fontsize=9, loc="left")
@@ -241,16 +240,12 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
     return report
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="demo_output", help="working and report folder")
-    parser.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (about a minute)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
-    args = parser.parse_args(argv)
-    cfg = DemoConfig.quick() if args.quick else DemoConfig()
-    if args.seeds:
-        cfg.seeds = args.seeds
-    out = Path(args.output)
+def run_demo(output: str = "demo_output", quick: bool = False, seeds: Optional[List[int]] = None) -> Path:
+    """The whole demo (module docstring); returns the report folder."""
+    cfg = DemoConfig.quick() if quick else DemoConfig()
+    if seeds:
+        cfg.seeds = list(seeds)
+    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.time()
@@ -275,10 +270,9 @@ def main(argv=None) -> int:
     report = write_report(cfg, out, results, chance, split, predictions, class_names, time.time() - start)
     stages.update(1)
     stages.close()
-    print((report / "report.md").read_text().split("\n\nPer-class")[0])
-    print(f"\nreport: {report}/report.md (+ overlays.png, loss_curves.png, pca.png, results.json)")
-    return 0
+    return report
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m open_clip_simzss.demo
+    from open_clip_simzss.cli.demo import main
+    raise SystemExit(main())

@@ -25,6 +25,7 @@ from open_clip.pretrained import download_pretrained_from_hf
 from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
 from .model import SimZSS
+from . import weights
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 CONFIG_NAME = "open_clip_config.json"
@@ -147,10 +148,10 @@ def create_model(
     model = SimZSS(**model_cfg, cast_dtype=open_clip.get_cast_dtype(precision))
     if checkpoint:
         logging.info(f"loading SimZSS weights from {checkpoint}")
-        open_clip.load_checkpoint(model, checkpoint, strict=True, weights_only=weights_only)
+        weights.load_weights(model, checkpoint, what=model_name, weights_only=weights_only)
     _set_device_and_precision(model, device, precision)
 
-    # Preprocessing uses the tower's own statistics (ImageNet mean/std for DINOv2), not CLIP's (SPEC §1).
+    # Preprocessing uses the tower's own statistics (ImageNet mean/std for DINOv2), not CLIP's: docs/method.md.
     tower_cfg = model.visual.pretrained_cfg
     preprocess = dict(
         size=model.visual.image_size,
@@ -165,7 +166,8 @@ def create_model(
     return model
 
 
-def _transforms(model, aug_cfg=None):
+def image_transforms(model, aug_cfg=None):
+    """(train, eval) transforms of a model built by this factory (its ``preprocess_cfg``)."""
     cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
     return image_transform_v2(cfg, is_train=True, aug_cfg=aug_cfg), image_transform_v2(cfg, is_train=False)
 
@@ -184,11 +186,11 @@ def create_model_and_transforms(
     force = {k: v for k, v in dict(mean=image_mean, std=image_std, interpolation=image_interpolation,
                                    resize_mode=image_resize_mode).items() if v is not None}
     model = create_model(model_name, pretrained, force_preprocess_cfg=force or None, **kwargs)
-    return (model, *_transforms(model, aug_cfg))
+    return (model, *image_transforms(model, aug_cfg))
 
 
 def create_model_from_pretrained(model_name: str, pretrained: Optional[str] = None, return_transform: bool = True,
                                  **kwargs):
     """OpenCLIP's ``create_model_from_pretrained``: weights are required; returns (model, preprocess_val)."""
     model = create_model(model_name, pretrained, require_pretrained=True, **kwargs)
-    return (model, _transforms(model)[1]) if return_transform else model
+    return (model, image_transforms(model)[1]) if return_transform else model

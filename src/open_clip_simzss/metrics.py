@@ -1,5 +1,5 @@
-"""Dataset-level mIoU as MMSeg computes it (EVAL_PROTOCOL.md §5), and a background-threshold sweep that
-scores many thresholds from one pass over the model's outputs (SPEC §5, "make the threshold measurable").
+"""Dataset-level mIoU as MMSeg computes it (docs/evaluation.md, "mIoU"), and a background-threshold sweep
+that scores many thresholds from one pass over the model's outputs (docs/evaluation.md, "Background").
 
 Per image, pixels whose ground truth is the ignore index (255) are dropped; intersection, prediction and
 ground-truth areas are accumulated over the whole split (here as a confusion matrix, from which all three
@@ -12,7 +12,9 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from .segmentation import apply_background
+
+IGNORE_INDEX = 255  # ground-truth pixels that are not scored
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
@@ -94,7 +96,8 @@ class ThresholdSweep:
     """One :class:`IoUAccumulator` per background threshold, fed from one forward pass per image.
 
     Classes are in the with-background convention: 0 = background, c + 1 = text class c. A pixel is
-    background for threshold t when its foreground confidence is < t (``segmentation.apply_background``).
+    background for threshold t when its foreground confidence is < t: ``segmentation.apply_background``, the
+    rule ``ZeroShotSegmenter`` applies.
     """
 
     def __init__(self, num_classes: int, thresholds: Sequence[float], ignore_index: int = IGNORE_INDEX):
@@ -106,7 +109,7 @@ class ThresholdSweep:
     def update(self, foreground: ArrayLike, confidence: ArrayLike, label: ArrayLike):
         """``foreground``: argmax over the text classes (0..C-1); ``confidence``: foreground confidence."""
         first = self.accumulators[0]
-        fg = _as_long_tensor(foreground) + 1
+        fg = _as_long_tensor(foreground)
         conf = confidence if isinstance(confidence, torch.Tensor) else torch.from_numpy(np.asarray(confidence))
         conf = conf.reshape(-1).cpu()
         keep = _as_long_tensor(label) != first.ignore_index
@@ -115,7 +118,7 @@ class ThresholdSweep:
         fg, label_v = first._valid(fg, label)
         conf = conf[keep.cpu()]
         for t, acc in zip(self.thresholds, self.accumulators):
-            acc._add(torch.where(conf < t, torch.zeros_like(fg), fg), label_v)
+            acc._add(apply_background(fg, conf, t), label_v)
 
     def mious(self) -> List[float]:
         return [acc.miou() for acc in self.accumulators]

@@ -1,6 +1,7 @@
-"""Add concept annotations to img2dataset WebDataset shards (SPEC §2, §4).
+"""Add concept annotations to img2dataset WebDataset shards (README, "Concepts in captions"); the command is
+``simzss-preprocess`` (``python -m open_clip_simzss.preprocess``).
 
-    python -m open_clip_simzss.preprocess --input 'coco/{00000..00295}.tar' --output coco_concepts \\
+    simzss-preprocess --input 'coco/{00000..00295}.tar' --output coco_concepts \\
         [--workers N] [--spacy-model en_core_web_sm] [--concept-bank default|none|PATH]
 
 Every output shard has the same name and the same members, byte for byte and in the same order, as its input
@@ -19,13 +20,12 @@ skip.
   least one concept, the 20 most frequent concepts) and in ``preprocess_stats.json`` in the output directory
   (``preprocess_stats.<index>-of-<num>.json`` for one task of an array).
 - Bad input (no shard matches, output not writable, unknown spaCy model, missing bank file): one
-  ``error: ...`` line on stderr and exit status 1. A shard that cannot be read to its end is reported and
+  ``error: ...`` line on stderr and exit status 2. A shard that cannot be read to its end is reported and
   left without output (exit status 1 once the other shards are done).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import glob
@@ -39,18 +39,18 @@ import time
 import zlib
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .concepts import CONCEPTS_JSON_VERSION, DEFAULT_SPACY_MODEL, ConceptBank, ConceptExtractor, SpacyModelNotFoundError
+from .concepts import CONCEPTS_JSON_VERSION, DEFAULT_SPACY_MODEL, ConceptBank, ConceptExtractor
+from .images import IMAGE_EXTENSIONS
 
 CONCEPTS_MEMBER_SUFFIX = "concepts.json"
 CAPTION_SUFFIX = "txt"
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 TOP_CONCEPTS_IN_SUMMARY = 20
 TOP_CONCEPTS_IN_STATS_FILE = 1000
 STATS_DIRECTORY = "stats"
 
 
-class CliError(Exception):
-    """Bad command-line input: reported as one ``error: ...`` line and a non-zero exit."""
+class PreprocessError(ValueError):
+    """Input that cannot be preprocessed (no shard, unwritable output, clashing names); one line."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def _image_is_readable(sample: Sample) -> bool:
     from PIL import Image, UnidentifiedImageError
 
     for info, data in sample.members:
-        if data is not None and split_member_name(info.name)[1].lower() in IMAGE_SUFFIXES:
+        if data is not None and split_member_name(info.name)[1].lower() in IMAGE_EXTENSIONS:
             try:
                 Image.open(io.BytesIO(data)).close()
             except (UnidentifiedImageError, OSError, ValueError):
@@ -279,29 +279,8 @@ def _process_job(job: Tuple[str, str]) -> Tuple[Optional[ShardStats], Optional[s
 
 
 # --------------------------------------------------------------------------------------------------------
-# CLI
+# A run over many shards
 # --------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m open_clip_simzss.preprocess",
-        description="Add concepts.json (SimZSS concepts, SPEC §2) to img2dataset WebDataset shards.",
-    )
-    parser.add_argument("--input", nargs="+", required=True,
-                        help="input shards: brace patterns such as 'coco/{00000..00295}.tar' and/or globs")
-    parser.add_argument("--output", required=True, help="output directory (created if needed)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes, one shard each (default: the CPUs available)")
-    parser.add_argument("--spacy-model", default=DEFAULT_SPACY_MODEL,
-                        help="spaCy pipeline name or path (default: %(default)s; the paper used en_core_web_trf)")
-    parser.add_argument("--concept-bank", default="default",
-                        help="'default' (the shipped bank), 'none' (keep every concept) or a file, one per line")
-    parser.add_argument("--batch-size", type=int, default=256, help="captions per nlp.pipe batch")
-    parser.add_argument("--shard-index", type=int, default=None,
-                        help="process shards shard-index, shard-index + num-shards, ... (default from SLURM)")
-    parser.add_argument("--num-shards", type=int, default=None, help="see --shard-index (default from SLURM)")
-    return parser
-
-
 def _check_output_directory(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
@@ -310,27 +289,28 @@ def _check_output_directory(path: str) -> None:
             pass
         os.remove(probe)
     except OSError as error:
-        raise CliError(f"output directory {path!r} is not writable ({error.strerror or error})") from None
+        raise PreprocessError(f"output directory {path!r} is not writable ({error.strerror or error})") from None
 
 
-def _plan(args) -> Tuple[List[Tuple[str, str]], List[str], int, int]:
+def _plan(inputs: Sequence[str], output: str, shard_index: Optional[int], num_shards: Optional[int]
+          ) -> Tuple[List[Tuple[str, str]], List[str], int, int]:
     """(jobs still to run, every output path of this slice, shard index, number of shards)."""
-    shards = expand_shard_patterns(args.input)
+    shards = expand_shard_patterns(inputs)
     if not shards:
-        raise CliError(f"no input shard matches {' '.join(args.input)}")
+        raise PreprocessError(f"no input shard matches {' '.join(inputs)}")
     env_index, env_count = shard_slice_from_environment()
-    index = env_index if args.shard_index is None else args.shard_index
-    count = env_count if args.num_shards is None else args.num_shards
+    index = env_index if shard_index is None else shard_index
+    count = env_count if num_shards is None else num_shards
     if count < 1 or not 0 <= index < count:
-        raise CliError(f"--shard-index must be in [0, --num-shards); got {index} of {count}")
+        raise PreprocessError(f"--shard-index must be in [0, --num-shards); got {index} of {count}")
     shards = shards[index::count]
-    outputs = [os.path.join(args.output, os.path.basename(shard)) for shard in shards]
+    outputs = [os.path.join(output, os.path.basename(shard)) for shard in shards]
     repeated = [name for name, n in collections.Counter(outputs).items() if n > 1]
     if repeated:
-        raise CliError(f"input shards from different directories share the output name {repeated[0]!r}")
+        raise PreprocessError(f"input shards from different directories share the output name {repeated[0]!r}")
     for shard, output in zip(shards, outputs):
         if os.path.abspath(shard) == os.path.abspath(output):
-            raise CliError(f"--output would overwrite the input shard {shard}")
+            raise PreprocessError(f"--output would overwrite the input shard {shard}")
     jobs = [(shard, output) for shard, output in zip(shards, outputs) if not os.path.exists(output)]
     return jobs, outputs, index, count
 
@@ -385,16 +365,20 @@ def _print_summary(summary: dict) -> None:
         print(f"failed: {message}", file=sys.stderr)
 
 
-def run(args) -> int:
+def preprocess_shards(inputs: Sequence[str], output: str, workers: Optional[int] = None,
+                      spacy_model: str = DEFAULT_SPACY_MODEL, concept_bank: str = "default", batch_size: int = 256,
+                      shard_index: Optional[int] = None, num_shards: Optional[int] = None) -> int:
+    """Annotate every shard of ``inputs`` (brace patterns, globs) into ``output`` (module docstring); returns
+    the exit status: 0, or 1 when some shard could not be read to its end."""
     from tqdm import tqdm
 
-    jobs, outputs, index, count = _plan(args)
-    bank = ConceptBank.from_spec(args.concept_bank)  # FileNotFoundError for a missing bank file
-    _check_output_directory(args.output)
-    workers = max(1, min(args.workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
+    jobs, outputs, index, count = _plan(inputs, output, shard_index, num_shards)
+    bank = ConceptBank.from_spec(concept_bank)  # FileNotFoundError for a missing bank file
+    _check_output_directory(output)
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs) or 1))
     can_fork = "fork" in multiprocessing.get_all_start_methods()
     # Loading the model here reports a missing one before any work; forked workers then share it.
-    extractor = ConceptExtractor(args.spacy_model, bank=bank)
+    extractor = ConceptExtractor(spacy_model, bank=bank)
 
     start = time.perf_counter()
     processed: List[ShardStats] = []
@@ -402,12 +386,12 @@ def run(args) -> int:
     progress = tqdm(total=len(jobs), unit="shard", desc="preprocess", dynamic_ncols=True)
     pool = None
     if workers == 1:
-        _init_worker(extractor, args.spacy_model, bank, args.batch_size)
+        _init_worker(extractor, spacy_model, bank, batch_size)
         outcomes = map(_process_job, jobs)
     else:
         context = multiprocessing.get_context("fork" if can_fork else "spawn")
         pool = context.Pool(workers, initializer=_init_worker,
-                            initargs=(extractor if can_fork else None, args.spacy_model, bank, args.batch_size))
+                            initargs=(extractor if can_fork else None, spacy_model, bank, batch_size))
         outcomes = pool.imap_unordered(_process_job, jobs)
     try:
         for shard_stats, error in outcomes:
@@ -438,29 +422,20 @@ def run(args) -> int:
             "shards_skipped": len(outputs) - len(jobs),
             "shards_failed": failed,
         },
-        "input": list(args.input),
-        "output": args.output,
-        "spacy_model": args.spacy_model,
+        "input": list(inputs),
+        "output": output,
+        "spacy_model": spacy_model,
         "concept_bank": bank.source,
         "concept_bank_size": None if bank.is_open else len(bank),
         "shard_index": index,
         "num_shards": count,
     })
     name = "preprocess_stats.json" if count == 1 else f"preprocess_stats.{index:05d}-of-{count:05d}.json"
-    _write_json_atomically(os.path.join(args.output, name), summary)
+    _write_json_atomically(os.path.join(output, name), summary)
     _print_summary(summary)
     return 1 if failed else 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (CliError, SpacyModelNotFoundError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("error: interrupted")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m open_clip_simzss.preprocess
+    from open_clip_simzss.cli.preprocess import main
+    raise SystemExit(main())

@@ -1,19 +1,19 @@
-"""Zero-shot semantic segmentation with a SimZSS model (SPEC §5), following the TCL/MMSeg protocol of
-EVAL_PROTOCOL.md exactly, in plain PyTorch.
+"""Zero-shot semantic segmentation with a SimZSS model: the window engine, in plain PyTorch, following the
+TCL/MMSeg protocol of docs/evaluation.md exactly.
 
-Pipeline of :class:`ZeroShotSegmenter` (EVAL_PROTOCOL.md §1):
+Pipeline of :class:`ZeroShotSegmenter` (docs/evaluation.md, "Inference"):
 
 1. the image (RGB uint8) is resized keeping its aspect ratio with MMSeg's ``img_scale=(2048, 448)`` rule
-   (:func:`rescale_size`), bilinearly without antialiasing and rounded back to uint8, as cv2 does (§1.2);
-2. it is normalised with the vision tower's own mean/std (SPEC §1);
-3. 448x448 windows with stride 224 are placed as MMSeg does (:func:`window_grid`, §1.3); the windows of one
-   image are encoded in batches;
-4. per window, the l2-normalised patch tokens are multiplied with the l2-normalised text classifier ->
-   patch-level cosine similarities, bilinearly upsampled to the window (optionally refined with PAMR, with the
-   window's image, as TCL does), summed into the stitched map and divided by the per-pixel window count
-   (§1.3-1.4);
+   (:func:`rescale_size`), bilinearly without antialiasing and rounded back to uint8, as cv2 does;
+2. it is normalised with the vision tower's own mean/std (docs/method.md);
+3. 448x448 windows with stride 224 are placed as MMSeg does (:func:`window_grid`); the windows of one image
+   are encoded in batches;
+4. per window, the l2-normalised patch tokens are multiplied with the l2-normalised text classifier
+   (``text_classifier``) -> patch-level cosine similarities, bilinearly upsampled to the window (optionally
+   refined with PAMR, with the window's image, as TCL does), summed into the stitched map and divided by the
+   per-pixel window count;
 5. the stitched map is resized bilinearly (align_corners=False) to the original image size and the label is
-   the argmax (§1.4).
+   the argmax.
 
 Steps 4-5 are linear maps, so they are computed in cheaper but equivalent ways (tests compare them with the
 step-by-step version): the stitching as two matrix products (``_stitch_separable``; PAMR, which is not linear,
@@ -25,12 +25,12 @@ Score semantics
 ---------------
 ``logits(image)`` returns **cosine similarities** in [-1, 1]: for class c and pixel p, the bilinear
 interpolation (window -> stitched average -> original size) of ``<normalize(z_v(patch)), w_c>`` where ``w_c``
-is the class's unit-norm text embedding (§4: per-prompt normalised, averaged, renormalised). With
-``synonyms="max"`` the class score is the max over its synonyms' cosines, taken per patch.
+is the class's unit-norm text embedding. With ``synonyms="max"`` the class score is the max over its synonyms'
+cosines, taken per patch.
 
-Background (EVAL_PROTOCOL.md §3). Background is not a text class. The *foreground confidence* of a pixel is
+Background (docs/evaluation.md, "Background") is not a text class. The *foreground confidence* of a pixel is
 computed from its full-resolution cosines, and the pixel is background when the confidence is **below** the
-threshold:
+threshold (:func:`apply_background`, the one place this rule is written):
 
 - ``background_score="sigmoid"`` (Talk2DINO): confidence = sigmoid(max_c cos_c). A threshold t is the same as
   "max cosine < logit(t)"; Talk2DINO's 0.55 means cos < 0.2007.
@@ -41,135 +41,35 @@ This equals TCL/Talk2DINO's "prepend a constant bg_thresh channel and take the a
 (there the constant channel wins; here a confidence equal to the threshold is foreground). With a threshold,
 ``predict`` returns the MMSeg with-background convention: 0 = background, c + 1 = class c.
 """
-import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from .images import to_uint8_image
 from .pamr import PAMR
+from .text_classifier import DEFAULT_TEMPLATES, ClassNames, build_text_classifier, get_templates, synonym_lists
 
-# --- prompt templates (data/TEMPLATES.md) ------------------------------------------------------------------
-# Stored as "{}" strings; open_clip's lambdas are called with the placeholder itself.
-_OPENAI80 = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-_SIMPLE7 = tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
-# TCL's sub_imagenet_template differs from open_clip's 7 in one prompt ("a bad photo of a {}.").
-_TCL7 = tuple("a bad photo of a {}." if t == "a bad photo of the {}." else t for t in _SIMPLE7)
-TEMPLATE_SETS = {
-    "openai80": _OPENAI80,  # CLIP's 80 ImageNet prompts: CLIP-DINOiser, SCLIP, NACLIP, ProxyCLIP; SPEC §5 default
-    "simple7": _SIMPLE7,  # open_clip SIMPLE_IMAGENET_TEMPLATES
-    "tcl7": _TCL7,  # TCL sub_imagenet_template, used by Talk2DINO
-    "tcl9": _TCL7 + ("a photo of many {}.", "a photo of {}s."),  # TCL's eval-time "custom" set
-    "photo1": ("a photo of a {}.",),
-    "name": ("{}",),  # the bare class name
-}
-DEFAULT_TEMPLATES = "openai80"
-BACKGROUND_SCORES = ("sigmoid", "softmax")
+# --- the protocol (docs/evaluation.md, "Inference") ---------------------------------------------------------
+SHORT_SIDE = 448  # MMSeg img_scale=(MAX_LONG_SIDE, SHORT_SIDE), keep ratio
+MAX_LONG_SIDE = 2048
+WINDOW = 448  # slide inference crop
+STRIDE = 224
+
+# --- background (docs/evaluation.md, "Background"): each kind of confidence next to its default threshold -----
+# Talk2DINO's sigmoid(cos) threshold (cos < 0.2 is background) and ProxyCLIP's softmax(40 cos) threshold for
+# VOC21. Neither is calibrated for SimZSS: measure with a threshold sweep (``metrics.ThresholdSweep``).
+DEFAULT_BACKGROUND_THRESHOLD = {"sigmoid": 0.55, "softmax": 0.2}
+BACKGROUND_SCORES = tuple(DEFAULT_BACKGROUND_THRESHOLD)
+DEFAULT_BACKGROUND_SCORE = "sigmoid"
 DEFAULT_BACKGROUND_SCALE = 40.0
-ClassNames = Sequence[Union[str, Sequence[str]]]
 
 
-def get_templates(templates: Union[str, Sequence[str]]) -> Tuple[str, ...]:
-    """A template set by name (``TEMPLATE_SETS``) or an explicit list of strings containing ``{}``."""
-    if isinstance(templates, str):
-        if templates not in TEMPLATE_SETS:
-            raise ValueError(f"unknown template set {templates!r}; available: {', '.join(TEMPLATE_SETS)}")
-        return TEMPLATE_SETS[templates]
-    templates = tuple(templates)
-    if not templates or any("{}" not in t for t in templates):
-        raise ValueError("templates must be a non-empty list of strings that contain '{}'")
-    return templates
-
-
-def _synonym_lists(class_names: ClassNames) -> List[List[str]]:
-    out = []
-    for entry in class_names:
-        names = [entry] if isinstance(entry, str) else list(entry)
-        names = [n.strip() for n in names if n and n.strip()]
-        if not names:
-            raise ValueError("every class needs at least one non-empty name")
-        out.append(names)
-    if not out:
-        raise ValueError("no class names given")
-    return out
-
-
-# --- text classifier (EVAL_PROTOCOL.md §4, SPEC §5) --------------------------------------------------------
-@dataclass
-class TextClassifier:
-    """Unit-norm text queries [Q, d] and the class of each query. Q == C unless ``synonyms="max"``."""
-
-    weights: torch.Tensor
-    query_class: torch.Tensor
-    num_classes: int
-
-    def to(self, device) -> "TextClassifier":
-        return TextClassifier(self.weights.to(device), self.query_class.to(device), self.num_classes)
-
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Cosine scores [..., C] of unit-norm features [..., d] (max over a class's queries)."""
-        sims = features @ self.weights.t()
-        if self.weights.shape[0] == self.num_classes:
-            return sims
-        index = self.query_class.expand_as(sims)
-        out = sims.new_full(sims.shape[:-1] + (self.num_classes,), -math.inf)
-        return out.scatter_reduce_(-1, index, sims, reduce="amax")
-
-
-@torch.no_grad()
-def build_text_classifier(
-        model,
-        tokenizer,
-        class_names: ClassNames,
-        templates: Union[str, Sequence[str]] = DEFAULT_TEMPLATES,
-        synonyms: str = "mean",
-        batch_size: int = 256,
-        device=None,
-) -> TextClassifier:
-    """The zero-shot classifier of SPEC §5: every class name and synonym in every template, encoded
-    (``model.encode_text`` = g(EOS)), normalised per prompt, averaged, renormalised (CLIP's recipe, as
-    CLIP-DINOiser and SCLIP do; EVAL_PROTOCOL.md §4).
-
-    Args:
-        class_names: one entry per class: a name, or a list of synonyms.
-        synonyms: "mean" averages the prompts of all synonyms into one vector per class; "max" keeps one vector
-            per synonym and scores a class by its best synonym (the SCLIP idea, applied per patch).
-    """
-    if synonyms not in ("mean", "max"):
-        raise ValueError(f"synonyms must be 'mean' or 'max', got {synonyms!r}")
-    names = _synonym_lists(class_names)
-    templates = get_templates(templates)
-    prompts, group = [], []  # group: the query each prompt is averaged into
-    query_class = []
-    for c, syns in enumerate(names):
-        for s, name in enumerate(syns):
-            if synonyms == "max" or s == 0:
-                query_class.append(c)
-            prompts += [t.replace("{}", name) for t in templates]
-            group += [len(query_class) - 1] * len(templates)
-    if device is None:
-        device = next(model.parameters()).device
-    sums = None
-    for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[start: start + batch_size]).to(device)
-        # SimZSS.encode_text runs the causal text tower only up to the longest prompt's EOS (exact, ~5x faster)
-        feats = F.normalize(model.encode_text(tokens).float(), dim=-1)
-        if sums is None:
-            sums = torch.zeros(len(query_class), feats.shape[-1], device=device)
-        # index_put(accumulate) rather than index_add_, whose CPU kernel is ~100x slower here
-        sums.index_put_((torch.as_tensor(group[start: start + batch_size], device=device),), feats, accumulate=True)
-    weights = F.normalize(sums, dim=-1)  # the mean's direction: renormalising makes the 1/n irrelevant
-    return TextClassifier(weights, torch.as_tensor(query_class, device=device), len(names))
-
-
-# --- geometry (EVAL_PROTOCOL.md §1.2-1.3) -------------------------------------------------------------------
-def rescale_size(height: int, width: int, short_side: int = 448, max_long_side: int = 2048) -> Tuple[int, int]:
-    """MMSeg/mmcv keep-ratio rescale for ``img_scale=(max_long_side, short_side)`` (§1.2).
+# --- geometry -------------------------------------------------------------------------------------------
+def rescale_size(height: int, width: int, short_side: int = SHORT_SIDE, max_long_side: int = MAX_LONG_SIDE) -> Tuple[int, int]:
+    """MMSeg/mmcv keep-ratio rescale for ``img_scale=(max_long_side, short_side)``.
 
     f = min(max_long_side / long side, short_side / short side); new size = int(x * f + 0.5).
     500x375 (WxH) -> 597x448; 2048x1024 -> 896x448. Small images are enlarged too.
@@ -178,8 +78,8 @@ def rescale_size(height: int, width: int, short_side: int = 448, max_long_side: 
     return int(height * f + 0.5), int(width * f + 0.5)
 
 
-def window_grid(height: int, width: int, window: int = 448, stride: int = 224) -> List[Tuple[int, int, int, int]]:
-    """MMSeg's slide-inference windows (y1, y2, x1, x2) over an image of height x width (§1.3).
+def window_grid(height: int, width: int, window: int = WINDOW, stride: int = STRIDE) -> List[Tuple[int, int, int, int]]:
+    """MMSeg's slide-inference windows (y1, y2, x1, x2) over an image of height x width.
 
     n = max(size - window + stride - 1, 0) // stride + 1 per axis; a window crossing the border is moved back
     inside; an image smaller than the window gives one window that is the whole image (no padding).
@@ -198,7 +98,7 @@ def window_grid(height: int, width: int, window: int = 448, stride: int = 224) -
 
 def resize_image_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """cv2.resize(INTER_LINEAR)-like resize of uint8 pixels [3, H, W]: bilinear, half-pixel centres, no
-    antialiasing, rounded and clamped back to the uint8 range (returned as float) (§1.2)."""
+    antialiasing, rounded and clamped back to the uint8 range (returned as float)."""
     image = image.float()
     if tuple(image.shape[-2:]) == tuple(size):
         return image
@@ -239,43 +139,8 @@ def _placement_matrix(length: int, spans, n_patches: int, padded: int, device) -
     return m / count
 
 
-def to_uint8_image(image) -> torch.Tensor:
-    """PIL image, uint8 numpy array or uint8 tensor -> uint8 tensor [3, H, W].
-
-    Numpy arrays are read as [H, W, 3] (``np.asarray(pil_image)``) and tensors as [3, H, W]
-    (``torchvision.io.read_image``); the other layout is accepted when the shape is unambiguous. Grey images
-    are repeated to 3 channels, alpha is dropped. Float images are refused: their range (0..1 or 0..255) would
-    be a guess.
-    """
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image array, got {image.dtype}")
-        if not image.flags.writeable:  # np.asarray(PIL image) is read-only; torch wants writable memory
-            image = image.copy()
-        image = torch.from_numpy(image)
-        if image.ndim == 3 and (image.shape[-1] in (3, 4) or image.shape[0] not in (1, 3, 4)):
-            # HWC -> CHW as a view: the float copy made for resizing keeps this (channels-last) layout, in
-            # which bilinear resizing of 3-channel images is fastest
-            image = image.permute(2, 0, 1)
-    elif isinstance(image, torch.Tensor):
-        if image.ndim == 3 and image.shape[0] not in (1, 3, 4) and image.shape[-1] in (1, 3, 4):
-            image = image.permute(2, 0, 1)  # HWC -> CHW
-    else:
-        raise TypeError(f"expected a PIL image, numpy array or tensor, got {type(image).__name__}")
-    if image.dtype != torch.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[None]
-    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-        raise ValueError(f"expected an image [3, H, W], got shape {tuple(image.shape)}")
-    if image.shape[0] == 1:
-        return image.expand(3, -1, -1)
-    return image[:3]
-
-
-def foreground_confidence(logits: torch.Tensor, background_score: str = "sigmoid",
+# --- background ---------------------------------------------------------------------------------------------
+def foreground_confidence(logits: torch.Tensor, background_score: str = DEFAULT_BACKGROUND_SCORE,
                           background_scale: float = DEFAULT_BACKGROUND_SCALE) -> torch.Tensor:
     """Foreground confidence [H, W] of cosine logits [C, H, W] (module docstring, "Score semantics")."""
     if background_score == "sigmoid":
@@ -286,21 +151,8 @@ def foreground_confidence(logits: torch.Tensor, background_score: str = "sigmoid
 
 
 def apply_background(labels: torch.Tensor, confidence: torch.Tensor, threshold: float) -> torch.Tensor:
-    """MMSeg with-background labels: 0 where confidence < threshold, else foreground label + 1 (§3)."""
+    """MMSeg with-background labels: 0 where confidence < threshold, else foreground label + 1."""
     return torch.where(confidence < threshold, torch.zeros_like(labels), labels + 1)
-
-
-def resolve_device(name: Optional[str] = None) -> torch.device:
-    """``name`` or, when None, CUDA if available else CPU; ValueError for an unknown or unavailable device."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
-    return device
 
 
 def _model_device_dtype(model) -> Tuple[torch.device, torch.dtype]:
@@ -319,8 +171,8 @@ class ZeroShotSegmenter:
         tokenizer: the model's OpenCLIP tokenizer.
         class_names: the text classes (background excluded), each a name or a list of synonyms.
         templates: a template set name (``TEMPLATE_SETS``) or a list of "{}" strings; default "openai80".
-        short_side, max_long_side: MMSeg ``img_scale=(max_long_side, short_side)``, keep ratio (§1.2).
-        window, stride: slide inference crop and stride (§1.3).
+        short_side, max_long_side: MMSeg ``img_scale=(max_long_side, short_side)``, keep ratio.
+        window, stride: slide inference crop and stride.
         background_threshold: None (never predict background) or the threshold on the foreground confidence.
         background_score: "sigmoid" or "softmax" (see "Score semantics"); background_scale: s of the softmax.
         pamr: refine each window's upsampled scores with PAMR (10 iterations, dilations 1..24).
@@ -338,12 +190,12 @@ class ZeroShotSegmenter:
             tokenizer,
             class_names: ClassNames,
             templates: Union[str, Sequence[str]] = DEFAULT_TEMPLATES,
-            short_side: int = 448,
-            max_long_side: int = 2048,
-            window: int = 448,
-            stride: int = 224,
+            short_side: int = SHORT_SIDE,
+            max_long_side: int = MAX_LONG_SIDE,
+            window: int = WINDOW,
+            stride: int = STRIDE,
             background_threshold: Optional[float] = None,
-            background_score: str = "sigmoid",
+            background_score: str = DEFAULT_BACKGROUND_SCORE,
             background_scale: float = DEFAULT_BACKGROUND_SCALE,
             pamr: bool = False,
             synonyms: str = "mean",
@@ -370,7 +222,7 @@ class ZeroShotSegmenter:
         self.window_batch_size = int(window_batch_size)
         self.max_chunk_elements = int(max_chunk_elements)
         self.pamr = PAMR() if pamr else None
-        self.class_names = _synonym_lists(class_names)
+        self.class_names = synonym_lists(class_names)
         self.templates = get_templates(templates)
         if mean is None or std is None:
             cfg = open_clip.get_model_preprocess_cfg(model)
@@ -436,7 +288,7 @@ class ZeroShotSegmenter:
 
     @torch.no_grad()
     def stitched_logits(self, normalized: torch.Tensor) -> torch.Tensor:
-        """Slide inference on a normalised resized image [3, h, w] -> averaged cosine map [C, h, w] (§1.3-1.4):
+        """Slide inference on a normalised resized image [3, h, w] -> averaged cosine map [C, h, w]:
         per window, patch scores upsampled bilinearly to the window, summed, divided by the window count."""
         boxes, crop, padded, scores, crops = self._window_scores(normalized)
         if self.pamr is not None:
@@ -499,7 +351,7 @@ class ZeroShotSegmenter:
     def reduce_to_size(self, stitched: torch.Tensor, size: Tuple[int, int], with_confidence: bool = True
                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The argmax and the confidence of the bilinear resize (align_corners=False) of [C, h, w] to ``size``
-        (§1.4), exactly, without materialising the C x H x W scores.
+        exactly, without materialising the C x H x W scores.
 
         Bilinear interpolation mixes the same 2x2 source pixels with the same convex weights for every class:
 
@@ -605,11 +457,34 @@ class ZeroShotSegmenter:
         return confidence
 
     @torch.no_grad()
+    def segment(self, image) -> "DensePrediction":
+        """Scores, labels and background of one image in one pass (see :class:`DensePrediction`)."""
+        normalized, size = self.preprocess(image)
+        stitched = self.stitched_logits(normalized)
+        with_bg = self.background_threshold is not None
+        labels, confidence = self.reduce_to_size(stitched, size, with_confidence=with_bg)
+        if with_bg:
+            labels = apply_background(labels, confidence, self.background_threshold)
+        return DensePrediction(stitched, labels, confidence)
+
+    @torch.no_grad()
     def predict(self, image) -> torch.Tensor:
         """Label map [H, W] int64 at the original size: class indices 0..C-1 without a background threshold;
         with one, 0 = background and c + 1 = class c (MMSeg with-background sets)."""
-        with_bg = self.background_threshold is not None
-        labels, confidence = self.predict_foreground(image, with_confidence=with_bg)
-        if not with_bg:
-            return labels
-        return apply_background(labels, confidence, self.background_threshold)
+        return self.segment(image).labels
+
+
+@dataclass
+class DensePrediction:
+    """What :meth:`ZeroShotSegmenter.segment` returns.
+
+    Attributes:
+        logits: [C, h, w] cosine scores at the processing resolution (short side 448), before the final resize.
+        labels: [H, W] int64 at the image size: 0..C-1, or with a background threshold 0 = background and
+            c + 1 = class c.
+        confidence: [H, W] foreground confidence when there is a threshold, else None.
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    confidence: Optional[torch.Tensor]

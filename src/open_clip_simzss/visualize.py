@@ -1,5 +1,5 @@
-"""Pictures: label palettes, overlays, and PCA-to-RGB of dense features (paper Fig. 1); the
-``simzss-visualize`` command (``python -m open_clip_simzss.visualize``).
+"""Pictures: label palettes, overlays, and PCA-to-RGB of dense features (paper Fig. 1), drawn by
+``simzss-visualize`` (``python -m open_clip_simzss.visualize``), ``simzss-segment`` and the demo.
 
     simzss-visualize --checkpoint simzss-coco --image cat.jpg --scales 1 2 4 --labels "cat, grass" --output pics
 
@@ -9,15 +9,15 @@ Fig. 1; one PCA basis for all scales, so colours are comparable), and with ``--l
 ``<name>_similarity.png``: per label, the cosine similarity of every pixel's (sliding-window, protocol) patch
 token to the label's text embedding, as a heat map on the image (paper Fig. 3; one colour scale for all labels).
 """
-import argparse
 import math
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .metrics import IGNORE_INDEX
 
 
 def palette(num_colors: int, seed: int = 3) -> np.ndarray:
@@ -34,33 +34,11 @@ def palette(num_colors: int, seed: int = 3) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """[H, W] labels -> [H, W, 3] uint8; ignored pixels black."""
     out = colors[np.clip(labels, 0, len(colors) - 1)]
     out[labels == ignore_index] = 0
     return out
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend a colour-coded label map onto an RGB uint8 image."""
-    return (image.astype(np.float32) * (1 - alpha) + colorize(labels, colors).astype(np.float32) * alpha).astype(
-        np.uint8)
-
-
-def pca_rgb(features: torch.Tensor, basis: Optional[torch.Tensor] = None, center: Optional[torch.Tensor] = None
-            ) -> np.ndarray:
-    """[h, w, d] features -> [h, w, 3] uint8: the first three principal components, min-max scaled.
-
-    Pass ``basis``/``center`` (from ``pca_basis``) to colour several images consistently.
-    """
-    h, w, d = features.shape
-    flat = features.reshape(-1, d).float()
-    if basis is None:
-        center, basis = pca_basis(flat)
-    proj = (flat - center) @ basis
-    lo, hi = proj.quantile(0.01, dim=0), proj.quantile(0.99, dim=0)
-    proj = ((proj - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
-    return (proj.reshape(h, w, 3).numpy() * 255).astype(np.uint8)
 
 
 def pca_basis(flat: torch.Tensor, components: int = 3):
@@ -251,89 +229,6 @@ def feature_pyramid(model, image: np.ndarray, scales: Sequence[float], base_size
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        from .segment import UsageError
-        raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="simzss-visualize", description="PCA pictures of dense features at several input scales "
-                "(paper Fig. 1) and per-label similarity heat maps (paper Fig. 3).")
-    p.add_argument("--image", nargs="+", required=True, help="image files or folders")
-    p.add_argument("--model", help="SimZSS config (default simzss-vitb14, or the checkpoint's own)")
-    p.add_argument("--checkpoint", help="checkpoint file, model folder or hf-hub id")
-    p.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 4.0],
-                   help="input short side as multiples of --base-size (default 1 2 4)")
-    p.add_argument("--base-size", type=int, help="short side at scale 1 (default: the model's training size)")
-    p.add_argument("--max-tokens", type=int, default=16384, help="patch budget of one forward (bounds memory)")
-    labels = p.add_mutually_exclusive_group()
-    labels.add_argument("--labels", help='comma-separated labels for heat maps, e.g. "cat, grass"')
-    labels.add_argument("--labels-file", help="one label per line")
-    p.add_argument("--templates", default="openai80", help="prompt template set for the labels")
-    p.add_argument("--short-side", type=int, default=448, help="heat maps: processing short side (protocol 448)")
-    p.add_argument("--window", type=int, default=448, help="heat maps: sliding window (protocol 448)")
-    p.add_argument("--stride", type=int, default=224, help="heat maps: window stride (protocol 224)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--output", default="simzss_pictures", help="output folder")
-    p.add_argument("--quiet", action="store_true")
-    return p
-
-
-def main(argv=None) -> int:
-    """``simzss-visualize``: one-line errors on stderr, exit status 2 for bad input, 1 if an image failed."""
-    from tqdm import tqdm
-
-    from .checkpoint import CheckpointError, load_model
-    from .segment import (ImageError, Segmenter, UsageError, collect_images, load_image, output_stems,
-                          read_labels, resolve_device)
-    try:
-        args = build_parser().parse_args(argv)
-        if not args.scales or min(args.scales) <= 0:
-            raise UsageError("--scales must be positive")
-        if min(args.max_tokens, args.short_side, args.window, args.stride, args.base_size or 1) < 1:
-            raise UsageError("--base-size, --max-tokens, --short-side, --window and --stride must be positive")
-        labels = read_labels(args.labels, args.labels_file) if (args.labels or args.labels_file) else None
-        images = collect_images(args.image)
-        device = resolve_device(args.device)
-        model, tokenizer, info = load_model(args.model, args.checkpoint, device=device)
-        segmenter = None
-        if labels:
-            segmenter = Segmenter(model, tokenizer, templates=args.templates, short_side=args.short_side,
-                                  window=args.window, stride=args.stride, device=device)
-            segmenter.classifier(labels)  # encode the labels now: a bad template set fails here
-    except (UsageError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not info["weights"]:
-        print(f"warning: no --checkpoint: {info['spec']} has random weights", file=sys.stderr)
-    import open_clip
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    base = args.base_size or int(model.visual.image_size[0])
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path, stem in tqdm(list(zip(images, output_stems(images))), desc="images", unit="img", file=sys.stderr,
-                           disable=args.quiet or len(images) < 2):
-        try:
-            image = load_image(path)
-        except ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        pyramid = feature_pyramid(model, image, args.scales, base, cfg["mean"], cfg["std"], args.max_tokens)
-        titles = [f"x{s:g}: {f.shape[1]}x{f.shape[0]} patches" + (" (capped)" if capped else "")
-                  for s, f, capped in pyramid]
-        written = [pca_figure(image, pca_panels([f for _, f, _ in pyramid]), titles, out_dir / f"{stem}_pca.png")]
-        if segmenter is not None:
-            result = segmenter.segment(image, labels)
-            written.append(similarity_figure(image, result.logits, result.text_labels,
-                                             out_dir / f"{stem}_similarity.png"))
-        if args.quiet:
-            continue
-        tqdm.write(f"{path}: " + ", ".join(str(w) for w in written), file=sys.stderr)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m open_clip_simzss.visualize
+    from open_clip_simzss.cli.visualize import main
+    raise SystemExit(main())

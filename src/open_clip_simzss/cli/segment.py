@@ -1,0 +1,75 @@
+"""``simzss-segment``: zero-shot segmentation of images into any labels.
+
+    simzss-segment --checkpoint simzss-coco --image photo.jpg more/ --labels "cat, grass, sky" --output out
+
+writes per image ``<name>_labels.png``, ``<name>_overlay.png`` and ``<name>.json`` (``segment.write_outputs``).
+Exit status: 0 ok, 2 bad input, 1 when some images could not be read.
+"""
+import sys
+from pathlib import Path
+
+from ..images import ImageError, collect_images, output_stems
+from ..segment import Segmenter, write_outputs
+from . import common
+
+
+def build_parser():
+    p = common.make_parser("segment", "Zero-shot segmentation of images into any labels.")
+    common.add_image_args(p)
+    common.add_label_args(p, required=True)
+    common.add_output_arg(p, "output folder", required=True)
+    common.add_model_args(p)
+    common.add_device_args(p, precisions=("fp32", "bf16", "fp16"))
+    common.add_protocol_args(p, background_default="default: none, every pixel gets a label")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours in the overlay")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def segment(args) -> int:
+    from tqdm import tqdm
+
+    labels = common.read_labels(args)
+    with common.bad_input(ImageError):
+        images = collect_images(args.image)
+    common.check_protocol(args)
+    if not 0 <= args.alpha <= 1:
+        raise common.UsageError("--alpha must be between 0 and 1")
+    common.check_checkpoint(args)
+    device = common.device(args)
+    model, tokenizer = common.load(args, device)
+    segmenter = Segmenter(model, tokenizer, templates=args.templates, background_threshold=args.background_threshold,
+                          background_score=args.background_score, background_scale=args.background_scale,
+                          pamr=args.pamr, short_side=args.short_side, window=args.window, stride=args.stride,
+                          device=device)
+    with common.bad_input(ValueError):
+        segmenter.classifier(labels)  # encode the labels once, and fail early on a bad label set
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"model": model.source.spec, "checkpoint": args.checkpoint, "templates": args.templates,
+                "background_threshold": args.background_threshold,
+                "background_score": args.background_score if args.background_threshold is not None else None,
+                "pamr": args.pamr}
+    failed = 0
+    for path, stem in tqdm(list(zip(images, output_stems(images))), desc="segmenting", unit="img",
+                           file=sys.stderr, disable=args.quiet or len(images) < 2):
+        try:
+            result = segmenter.segment(path, labels)
+        except ImageError as e:
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        write_outputs(result, out_dir, stem, dict(settings, image=str(path)), args.alpha)
+    if failed and len(images) > 1:
+        print(f"error: {failed} of {len(images)} images could not be read", file=sys.stderr)
+    if len(images) > failed:
+        print(f"segmented {len(images) - failed} image(s) into {out_dir}")
+    return common.EXIT_FAILURE if failed else 0
+
+
+def main(argv=None) -> int:
+    return common.run(build_parser(), segment, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

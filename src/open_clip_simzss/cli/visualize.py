@@ -1,0 +1,83 @@
+"""``simzss-visualize``: PCA pictures of dense features at several input scales (paper Fig. 1) and per-label
+similarity heat maps (paper Fig. 3); see ``open_clip_simzss.visualize``.
+
+Exit status: 0 ok, 2 bad input, 1 when some images could not be read.
+"""
+import sys
+from pathlib import Path
+
+from ..images import ImageError, collect_images, load_image, output_stems
+from ..segment import Segmenter
+from ..visualize import feature_pyramid, pca_figure, pca_panels, similarity_figure
+from . import common
+
+
+def build_parser():
+    p = common.make_parser("visualize", "PCA pictures of dense features at several input scales (paper Fig. 1) "
+                           "and per-label similarity heat maps (paper Fig. 3).")
+    common.add_image_args(p)
+    common.add_model_args(p)
+    common.add_device_args(p, precisions=("fp32",))
+    common.add_output_arg(p, "output folder", default="simzss_pictures")
+    p.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0, 4.0],
+                   help="input short side as multiples of --base-size (default 1 2 4)")
+    p.add_argument("--base-size", type=int, help="short side at scale 1 (default: the model's training size)")
+    p.add_argument("--max-tokens", type=int, default=16384, help="patch budget of one forward (bounds memory)")
+    common.add_label_args(p, required=False, what="labels for heat maps")
+    common.add_protocol_args(p)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def visualize(args) -> int:
+    import open_clip
+    from tqdm import tqdm
+
+    if not args.scales or min(args.scales) <= 0:
+        raise common.UsageError("--scales must be positive")
+    common.check_positive(args, "base_size", "max_tokens")
+    common.check_protocol(args)
+    labels = common.read_labels(args)
+    with common.bad_input(ImageError):
+        images = collect_images(args.image)
+    common.check_checkpoint(args)
+    device = common.device(args)
+    model, tokenizer = common.load(args, device)
+    segmenter = None
+    if labels:
+        segmenter = Segmenter(model, tokenizer, templates=args.templates, short_side=args.short_side,
+                              window=args.window, stride=args.stride, pamr=args.pamr, device=device)
+        with common.bad_input(ValueError):
+            segmenter.classifier(labels)  # encode the labels now: a bad label set fails here
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    base = args.base_size or int(model.visual.image_size[0])
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path, stem in tqdm(list(zip(images, output_stems(images))), desc="images", unit="img", file=sys.stderr,
+                           disable=args.quiet or len(images) < 2):
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        pyramid = feature_pyramid(model, image, args.scales, base, cfg["mean"], cfg["std"], args.max_tokens)
+        titles = [f"x{s:g}: {f.shape[1]}x{f.shape[0]} patches" + (" (capped)" if capped else "")
+                  for s, f, capped in pyramid]
+        written = [pca_figure(image, pca_panels([f for _, f, _ in pyramid]), titles, out_dir / f"{stem}_pca.png")]
+        if segmenter is not None:
+            result = segmenter.segment(image, labels)
+            written.append(similarity_figure(image, result.logits, result.text_labels,
+                                             out_dir / f"{stem}_similarity.png"))
+        if not args.quiet:
+            tqdm.write(f"{path}: " + ", ".join(str(w) for w in written), file=sys.stderr)
+    return common.EXIT_FAILURE if failed else 0
+
+
+def main(argv=None) -> int:
+    return common.run(build_parser(), visualize, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
