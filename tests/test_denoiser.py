@@ -17,11 +17,12 @@ from open_clip.transformer import TextTransformer
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, Mlp
 
+import open_clip_simzss
 from open_clip_simzss.checkpoint import (
     CLIP_MEAN, CheckpointError, convert_reference_checkpoint, convert_reference_state_dict, load_model, mismatch,
     model_structure,
 )
-from open_clip_simzss.denoiser import DVTDenoiser, build_denoiser
+from open_clip_simzss.denoiser import DVTDenoiser, build_denoiser, load_denoiser_weights
 from open_clip_simzss.factory import resolve_model_config
 from open_clip_simzss.model import SimZSS
 
@@ -229,3 +230,110 @@ def test_vitb14_reference_names_and_shapes_fit_simzss_vitb14():
     shapes = {k: tuple(v.shape) for k, v in converted.items()}
     assert mismatch(model_structure(cfg), shapes) is None
     assert len(converted) == len(model_structure(cfg))
+
+
+# --- DVT's released weights file ---------------------------------------------------------------------------------
+def dvt_block(dim):
+    """The block DVT trains (DenoisingViT/generalizable_denoiser.py, denoiser_type="transformer")."""
+    return Block(dim=dim, num_heads=max(1, dim // 64), mlp_ratio=4, qkv_bias=True, qk_norm=False, init_values=None,
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU, mlp_layer=Mlp)
+
+
+def write_dvt_file(path, dim, grid, seed=0):
+    """A file with the structure of DVT's release: what its train_denoiser.py saves, i.e. the Denoiser's state
+    dict without the ``vit.`` backbone (``denoiser.<Block>``, ``pos_embed``), plus optimizer state and step."""
+    torch.manual_seed(seed)
+    block = dvt_block(dim)
+    pos_embed = torch.randn(1, grid * grid, dim) * 0.02
+    state = {f"denoiser.{k}": v for k, v in block.state_dict().items()}
+    state["pos_embed"] = pos_embed
+    optimizer = torch.optim.AdamW(block.parameters())
+    torch.save({"denoiser": state, "optimizer": optimizer.state_dict(), "step": 9999}, path)
+    return block, pos_embed
+
+
+def test_dvt_file_loads_and_equals_a_hand_loaded_block(tmp_path):
+    block, pos_embed = write_dvt_file(tmp_path / "dvt.pth", dim=64, grid=5)
+    den = load_denoiser_weights(DVTDenoiser(64, grid_size=5), tmp_path / "dvt.pth")
+    torch.testing.assert_close(den.pos_embed.data, pos_embed)
+    dense = torch.randn(2, 3, 4, 64)  # another grid than the file's 5x5: the embedding is resampled
+    with torch.no_grad():
+        expected = block(dense.reshape(2, 12, 64) + resample_abs_pos_embed(pos_embed, (3, 4), num_prefix_tokens=0))
+        torch.testing.assert_close(den(dense), expected.reshape(2, 3, 4, 64))
+
+
+def test_bad_dvt_files_are_refused_in_one_line(tmp_path):
+    write_dvt_file(tmp_path / "dvt.pth", dim=64, grid=5)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_denoiser_weights(DVTDenoiser(128, grid_size=5), tmp_path / "dvt.pth")  # another width
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a DVT denoiser file"):
+        load_denoiser_weights(DVTDenoiser(64, grid_size=5), tmp_path / "other.pth")
+    stored = torch.load(tmp_path / "dvt.pth", weights_only=True)
+    stored["denoiser"]["vit.model.cls_token"] = torch.zeros(1, 1, 64)
+    torch.save(stored, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match="unexpected key 'vit.model.cls_token'"):
+        load_denoiser_weights(DVTDenoiser(64, grid_size=5), tmp_path / "extra.pth")
+
+
+def tiny_dvt_folder(tmp_path, hub_file=None, with_weights=False):
+    """A ``local-dir:`` model: simzss-tiny with a denoiser on its 14x14 grid."""
+    cfg = resolve_model_config("simzss-tiny")[0]
+    cfg["vision_cfg"]["denoiser_cfg"] = {"type": "transformer", "grid_size": [14, 14], "num_heads": 3}
+    if hub_file:
+        cfg["vision_cfg"]["denoiser_cfg"]["hub_file"] = hub_file
+    folder = tmp_path / "tiny-dvt"
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    if with_weights:
+        model_cfg = {k: v for k, v in cfg.items() if k != "custom_text"}
+        torch.save(SimZSS(**model_cfg).state_dict(), folder / "open_clip_pytorch_model.bin")
+    return f"local-dir:{folder}"
+
+
+def test_create_model_loads_dvt_weights_from_argument_or_environment(tmp_path, monkeypatch):
+    block, pos_embed = write_dvt_file(tmp_path / "dvt.pth", dim=192, grid=14)
+    spec = tiny_dvt_folder(tmp_path)
+    model = open_clip_simzss.create_model(spec, denoiser_weights=str(tmp_path / "dvt.pth"))
+    torch.testing.assert_close(model.visual.denoiser.pos_embed.data, pos_embed)
+    torch.testing.assert_close(model.visual.denoiser.block.mlp.fc2.weight.data, block.mlp.fc2.weight.data)
+    monkeypatch.setenv("SIMZSS_DENOISER_WEIGHTS", str(tmp_path / "dvt.pth"))
+    from_env = open_clip_simzss.create_model(spec)
+    torch.testing.assert_close(from_env.visual.denoiser.pos_embed.data, pos_embed)
+    with pytest.raises(FileNotFoundError, match="DVT denoiser weights not found"):
+        open_clip_simzss.create_model(spec, denoiser_weights=str(tmp_path / "missing.pth"))
+    # a model without a denoiser: explicit weights are refused, the environment variable does not apply
+    assert open_clip_simzss.create_model("simzss-tiny").visual.denoiser is None
+    with pytest.raises(CheckpointError, match="has no DVT denoiser"):
+        open_clip_simzss.create_model("simzss-tiny", denoiser_weights=str(tmp_path / "dvt.pth"))
+
+
+def test_denoiser_without_weights_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIMZSS_DENOISER_WEIGHTS", raising=False)
+    with pytest.raises(CheckpointError, match="no weights for it: give --denoiser-weights FILE or set "
+                                              "SIMZSS_DENOISER_WEIGHTS"):
+        open_clip_simzss.create_model(tiny_dvt_folder(tmp_path))
+    # offline (HF_HUB_OFFLINE=1 in tests), a hub file cannot be fetched: one line naming the variable
+    with pytest.raises(CheckpointError, match="cannot get the DVT denoiser weights hf-hub:org/repo/dvt.pth .*"
+                                              "SIMZSS_DENOISER_WEIGHTS") as error:
+        open_clip_simzss.create_model(tiny_dvt_folder(tmp_path / "hub", hub_file="org/repo/dvt.pth"))
+    assert "\n" not in str(error.value)
+    # a full SimZSS checkpoint brings the denoiser: nothing else is needed
+    full = open_clip_simzss.create_model(tiny_dvt_folder(tmp_path / "full", with_weights=True))
+    assert full.visual.denoiser is not None
+    assert open_clip_simzss.create_model(tiny_dvt_folder(tmp_path / "none"), load_weights=False).visual.denoiser
+
+
+def test_simzss_vitb14_dvt_takes_the_released_file_structure(tmp_path):
+    """The shipped config at its real size: DVT's ViT-B/14 file has pos_embed [1, 37 * 37, 768]."""
+    cfg = resolve_model_config("simzss-vitb14-dvt")[0]
+    assert cfg["vision_cfg"]["timm_model_name"] == "vit_base_patch14_reg4_dinov2"
+    assert cfg["vision_cfg"]["denoiser_cfg"]["hub_file"] == (
+        "jjiaweiyang/DVT/voc_denoised/vit_base_patch14_reg4_dinov2.lvd142m.pth")
+    block, pos_embed = write_dvt_file(tmp_path / "dvt.pth", dim=768, grid=37)
+    assert pos_embed.shape == (1, 1369, 768)
+    model = open_clip_simzss.create_model("simzss-vitb14-dvt", denoiser_weights=str(tmp_path / "dvt.pth"))
+    dense = torch.randn(1, 16, 16, 768)
+    with torch.no_grad():
+        expected = block(dense.reshape(1, 256, 768) + resample_abs_pos_embed(pos_embed, (16, 16), num_prefix_tokens=0))
+        torch.testing.assert_close(model.visual.denoiser(dense), expected.reshape(1, 16, 16, 768))

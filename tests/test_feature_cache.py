@@ -64,6 +64,22 @@ def test_fingerprint_changes_with_tower_resolution_and_preprocessing(setup):
     assert tower_fingerprint(model, dict(cfg), "float16") == base
 
 
+
+def test_fingerprint_covers_the_denoiser_and_its_weights(setup):
+    _, _, model, _ = setup
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    model_cfg = open_clip.get_model_config("simzss-tiny")
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "custom_text"}
+    model_cfg["vision_cfg"] = dict(model_cfg["vision_cfg"], denoiser_cfg={"grid_size": [14, 14]})
+    prints = set()
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        denoised = open_clip_simzss.SimZSS(**model_cfg)
+        denoised.visual.trunk.load_state_dict(model.visual.trunk.state_dict())  # the same tower, plus a denoiser
+        prints.add(tower_fingerprint(denoised, cfg, "float16"))
+    assert len(prints) == 2 and tower_fingerprint(model, cfg, "float16") not in prints
+
+
 def test_training_with_the_cache_and_refusal_with_augmentation(setup, tmp_path, capsys):
     _, pattern, _, _ = setup
     argv = ["--model", "simzss-tiny", "--train-data", pattern, "--train-num-samples", "8", "--batch-size", "4",

@@ -16,7 +16,7 @@ ALL_MODELS = open_clip_simzss.list_models()
 def test_configs_are_registered_with_open_clip():
     assert set(ALL_MODELS) >= {
         "simzss-vits14", "simzss-vitb14", "simzss-vitl14", "simzss-vits14-noreg", "simzss-vitb14-noreg",
-        "simzss-vitl14-noreg", "simzss-vitb16-augreg", "simzss-tiny",
+        "simzss-vitl14-noreg", "simzss-vitb16-augreg", "simzss-tiny", "simzss-vitb14-dvt",
     }
     assert set(ALL_MODELS) <= set(open_clip.list_models())
     assert open_clip.get_tokenizer("simzss-vitb14").context_length == 77
@@ -25,8 +25,10 @@ def test_configs_are_registered_with_open_clip():
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_config_builds_and_gives_dense_tokens_at_224_and_448(name):
     torch.manual_seed(0)
-    model, _, preprocess = open_clip_simzss.create_model_and_transforms(name)
     cfg = open_clip.get_model_config(name)
+    # a DVT denoiser needs its released weights (tests/test_denoiser.py); for shapes, random ones will do
+    random_denoiser = dict(load_weights=False) if "denoiser_cfg" in cfg["vision_cfg"] else {}
+    model, _, preprocess = open_clip_simzss.create_model_and_transforms(name, **random_denoiser)
     dim = cfg["embed_dim"]
     patch = model.visual.patch_size
     for size in (224, 448):

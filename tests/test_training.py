@@ -161,3 +161,44 @@ def test_same_seed_same_run(tmp_path, shards):
     assert [h["loss"] for h in first] == pytest.approx([h["loss"] for h in second], abs=1e-6)
     _, other = run(tmp_path, "c", shards["clean"], "--epochs", "2", "--precision", "fp32", "--seed", "1")
     assert [h["loss"] for h in other] != pytest.approx([h["loss"] for h in first], abs=1e-6)
+
+
+def test_release_variant_is_recorded_and_a_mismatched_resume_refused(tmp_path, shards, capsys):
+    log_dir, history = run(tmp_path, "release", shards["clean"], "--epochs", "1", "--simzss-variant", "release")
+    assert all(h["concept_loss"] > 0 for h in history)
+    assert "simzss_variant: release\n" in (log_dir / "params.txt").read_text()
+    assert "SimZSS variant: release" in (log_dir / "out.log").read_text()
+    ckpt = torch.load(log_dir / "checkpoints" / "epoch_1.pt", weights_only=True)
+    assert ckpt["simzss_variant"] == "release"
+    argv = ["--model", "simzss-tiny", "--train-data", shards["clean"], "--train-num-samples", str(2 * BATCH),
+            "--batch-size", str(BATCH), "--workers", "1", "--logs", str(tmp_path / "logs"), "--name", "release",
+            "--epochs", "2", "--resume", "latest", *NO_AUG]
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's own log lines
+    assert err.startswith("error: --resume") and err.endswith("was trained with --simzss-variant release, not paper")
+
+
+def test_dry_run_prints_the_recipe_without_data(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.delenv("SIMZSS_DENOISER_WEIGHTS", raising=False)
+    argv = ["--model", "simzss-vitb14-dvt", "--simzss-variant", "release", "--dry-run",
+            "--train-data", "/nonexistent/{00000..00295}.tar", "--train-num-samples", "591753",
+            "--batch-size", "2048", "--lr", "1.92e-3", "--warmup", "25", "--epochs", "7", "--precision", "amp_bf16"]
+    assert cli(argv) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert lines["model"] == "simzss-vitb14-dvt" and lines["simzss variant"] == "release"
+    assert lines["lambda (concept loss weight)"] == "0.05" and lines["tau (patch softmax)"] == "0.1"
+    assert lines["T (concept classifier)"] == "0.07"
+    assert lines["batch"] == "2048 per process x 8 processes = 16384 global"
+    assert lines["lr"].startswith("0.00192 (--lr; the authors' flat --lr equivalent: 3e-05 (x 16384 / 256))")
+    assert lines["schedule"].startswith("cosine, warm-up 25 steps") and "252 steps: 36 per epoch" in lines["schedule"]
+    assert lines["epochs"] == "7" and lines["precision"] == "amp_bf16"
+    assert lines["denoiser weights"].startswith("hf-hub:jjiaweiyang/DVT/voc_denoised/")
+    monkeypatch.setenv("SIMZSS_DENOISER_WEIGHTS", "/data/dvt.pth")
+    assert cli(argv + ["--lr", "1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "denoiser weights: /data/dvt.pth ($SIMZSS_DENOISER_WEIGHTS)" in out and "lr: 0.001 (--lr;" in out
+    # a denoiser file for a model without a denoiser is a mistake
+    assert cli(["--model", "simzss-vitb14", "--dry-run", "--denoiser-weights", "/data/dvt.pth"]) == 2
+    assert "has no DVT denoiser" in capsys.readouterr().err

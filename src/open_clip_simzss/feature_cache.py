@@ -8,8 +8,8 @@ decoding, augmenting and encoding images.
   ``<shard>.dense.npy`` [n, h*w, d], ``<shard>.keys.json`` (sample key -> row). Identical images (the several
   captions of one photo are several samples in img2dataset shards) are encoded and stored once.
 * Memory-mapped and shared by all ranks and loader workers (read-only ``np.load(mmap_mode="r")``).
-* Keyed: the cache folder's name is a digest of the tower (timm name, config, a hash of its weights), the
-  image size and the whole preprocessing (mean, std, interpolation, resize mode) and the storage dtype, so a
+* Keyed: the cache folder's name is a digest of the tower (timm name, config, a hash of its weights, the DVT
+  denoiser's configuration and weights when it has one), the image size and the whole preprocessing (mean, std, interpolation, resize mode) and the storage dtype, so a
   different tower, resolution or preprocessing can never be read by mistake.
 * Built in parallel: rank r encodes shards r, r + world_size, ...; finished files are renamed into place, so
   an interrupted build resumes where it stopped.
@@ -37,7 +37,8 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def tower_fingerprint(model, preprocess_cfg: dict, dtype: str) -> str:
-    """Digest of everything that determines the cached values."""
+    """Digest of everything that determines the cached values. The weights digest covers the whole tower's
+    state dict, the denoiser's (``denoiser.*``) included."""
     visual = model.visual
     digest = hashlib.sha256()
     for name, tensor in sorted(visual.state_dict().items()):
@@ -46,6 +47,7 @@ def tower_fingerprint(model, preprocess_cfg: dict, dtype: str) -> str:
     description = {
         "timm": visual.trunk.default_cfg.get("architecture"), "pool": visual.pool,
         "image_size": list(visual.image_size), "patch_size": visual.patch_size, "dtype": dtype,
+        "denoiser": visual.denoiser.architecture if visual.denoiser is not None else None,
         "preprocess": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in sorted(preprocess_cfg.items())},
         "weights": digest.hexdigest(),
     }

@@ -12,7 +12,6 @@ import sys
 from datetime import datetime
 from functools import partial
 
-import fsspec
 import torch
 import open_clip
 from open_clip_train.data import expand_urls, get_imagenet
@@ -27,6 +26,7 @@ from open_clip_simzss.compat import fix_open_clip_zero_shot
 from open_clip_simzss.data import SkipTally, get_wds_dataset
 from open_clip_simzss.feature_cache import FeatureCache
 from open_clip_simzss.loss import SimZSSLoss
+from open_clip_simzss.weights import read_checkpoint
 from training.params import ArgumentError, parse_args
 from training.train import train_one_epoch
 
@@ -38,12 +38,6 @@ try:
     import torch.utils.tensorboard as tensorboard
 except ImportError:
     tensorboard = None
-
-
-def load_checkpoint_file(path):
-    """Training checkpoints hold tensors and plain containers only: loaded with ``weights_only=True``."""
-    with fsspec.open(path, "rb") as f:
-        return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def make_extractor(spacy_model, concept_bank):
@@ -246,7 +240,7 @@ def main(argv):
 
     start_epoch = 0
     if args.resume is not None:
-        checkpoint = load_checkpoint_file(args.resume)
+        checkpoint = read_checkpoint(args.resume)  # weights_only=True; a local file or an fsspec URL
         if "epoch" in checkpoint:
             start_epoch = checkpoint["epoch"]
             state_dict = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}

@@ -18,6 +18,10 @@ def simzss_parser() -> argparse.ArgumentParser:
                        help="temperature τ of the softmax over patches that pools visual concepts (Eq. 3)")
     group.add_argument("--concept-temperature", type=float, default=0.07,
                        help="temperature T of the concept classifier (Eq. 8)")
+    group.add_argument("--simzss-variant", choices=["paper", "release"], default="paper",
+                       help="paper: the paper's equations; release: the authors' released loss (text concept = sum "
+                            "of normalised projected tokens, classifier-row queries, argmax targets), which "
+                            "produced the published numbers (docs/method.md)")
     group.add_argument("--concept-bank", default="default",
                        help="concept bank for on-the-fly extraction: 'default', 'none' or a file (one per line)")
     group.add_argument("--spacy-model", default="en_core_web_sm",
@@ -28,6 +32,12 @@ def simzss_parser() -> argparse.ArgumentParser:
     group.add_argument("--vision-weights", default=None,
                        help="local weights file for the vision tower (timm or original DINOv2 format); "
                             "default $SIMZSS_VISION_WEIGHTS, else --pretrained-image downloads them with timm")
+    group.add_argument("--denoiser-weights", default=None, metavar="FILE",
+                       help="DVT's released denoiser weights for a model with a denoiser (simzss-vitb14-dvt); "
+                            "default $SIMZSS_DENOISER_WEIGHTS, else downloaded from the Hugging Face hub")
+    group.add_argument("--dry-run", action="store_true",
+                       help="print the resolved recipe (model, variant, λ, τ, T, batch, lr, schedule, precision, "
+                            "weights) and exit without building the model or reading data")
     group.add_argument("--cache-vision-features", default=None, metavar="DIR",
                        help="compute the frozen tower's outputs once per image, store them (memory-mapped) in DIR "
                             "and reuse them every epoch; images get the deterministic validation transform")
