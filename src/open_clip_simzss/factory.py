@@ -24,6 +24,7 @@ from open_clip.factory import parse_model_name
 from open_clip.pretrained import download_pretrained_from_hf
 from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
+from .denoiser import load_denoiser
 from .model import SimZSS
 from . import weights
 
@@ -99,6 +100,7 @@ def create_model(
         force_preprocess_cfg: Optional[Dict[str, Any]] = None,
         pretrained_image: bool = False,
         pretrained_image_path: Optional[str] = None,
+        denoiser_weights: Optional[str] = None,
         cache_dir: Optional[str] = None,
         output_dict: Optional[bool] = None,
         require_pretrained: bool = False,
@@ -114,6 +116,9 @@ def create_model(
             full checkpoint is loaded.
         pretrained_image_path: a local vision-tower weights file (timm or original DINOv2 format), read by
             timm's loader; defaults to ``$SIMZSS_VISION_WEIGHTS``. Works offline.
+        denoiser_weights: DVT's released weights file for a config with a denoiser (``simzss-vitb14-dvt``);
+            defaults to ``$SIMZSS_DENOISER_WEIGHTS``, else the Hugging Face hub. Not needed (and ignored) when a
+            full SimZSS checkpoint is loaded; no weights at all is an error (denoiser.py).
     """
     model_cfg, preprocess_overlay, checkpoint = resolve_model_config(model_name, cache_dir)
     if pretrained:
@@ -149,6 +154,8 @@ def create_model(
     if checkpoint:
         logging.info(f"loading SimZSS weights from {checkpoint}")
         weights.load_weights(model, checkpoint, what=model_name, weights_only=weights_only)
+    elif load_weights:
+        load_denoiser(model.visual.denoiser, denoiser_weights, cache_dir, what=model_name)
     _set_device_and_precision(model, device, precision)
 
     # Preprocessing uses the tower's own statistics (ImageNet mean/std for DINOv2), not CLIP's: docs/method.md.
