@@ -4,6 +4,8 @@ Reused from ``open_clip_train`` by import: argument parsing, distributed init (t
 logging setup, learning-rate schedules, checkpoint discovery (``--resume latest``), checkpoint format, the
 ImageNet zero-shot / validation evaluation. SimZSS-specific: the model factory, the loss, concept-carrying
 batches and the epoch loop (``training/train.py``). ``--lambda-concept 0`` trains LiT through the same code.
+``--simzss-variant paper|release`` chooses the paper's loss or the authors' released one (docs/method.md);
+``--dry-run`` prints the resolved recipe and exits.
 """
 import json
 import logging
@@ -25,8 +27,10 @@ import open_clip_simzss
 from open_clip_simzss.compat import fix_open_clip_zero_shot
 from open_clip_simzss.data import SkipTally, get_wds_dataset
 from open_clip_simzss.feature_cache import FeatureCache
+from open_clip_simzss.denoiser import DENOISER_WEIGHTS_ENV
+from open_clip_simzss.factory import VISION_WEIGHTS_ENV
 from open_clip_simzss.loss import SimZSSLoss
-from open_clip_simzss.weights import read_checkpoint
+from open_clip_simzss.weights import CheckpointError, read_checkpoint
 from training.params import ArgumentError, parse_args
 from training.train import train_one_epoch
 
@@ -139,7 +143,7 @@ def resolve_resume(args):
 
 def save_checkpoint(model, optimizer, scaler, args, completed_epoch):
     checkpoint = {"epoch": completed_epoch, "name": args.name, "state_dict": model.state_dict(),
-                  "optimizer": optimizer.state_dict()}
+                  "optimizer": optimizer.state_dict(), "simzss_variant": args.simzss_variant}
     if scaler is not None:
         checkpoint["scaler"] = scaler.state_dict()
     if completed_epoch == args.epochs or (args.save_frequency > 0 and completed_epoch % args.save_frequency == 0):
@@ -154,8 +158,74 @@ def save_checkpoint(model, optimizer, scaler, args, completed_epoch):
         os.replace(tmp, os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME))
 
 
+def world_size_from_environment() -> int:
+    """The number of processes a launcher (torchrun, SLURM) announces, without initialising anything."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def denoiser_source(args) -> str:
+    """Where the model's DVT denoiser weights will come from (factory.create_model's order), without loading."""
+    model_cfg, _, checkpoint = open_clip_simzss.factory.resolve_model_config(args.model, args.cache_dir)
+    denoiser_cfg = model_cfg["vision_cfg"].get("denoiser_cfg")
+    if denoiser_cfg is None:
+        if args.denoiser_weights:
+            raise ArgumentError(f"--denoiser-weights given, but {args.model} has no DVT denoiser "
+                                "(simzss-vitb14-dvt has one)")
+        return "none (no DVT denoiser)"
+    if checkpoint or args.pretrained:
+        return f"from the SimZSS checkpoint {checkpoint or args.pretrained}"
+    if args.denoiser_weights:
+        return f"{args.denoiser_weights} (--denoiser-weights)"
+    if os.environ.get(DENOISER_WEIGHTS_ENV):
+        return f"{os.environ[DENOISER_WEIGHTS_ENV]} (${DENOISER_WEIGHTS_ENV})"
+    if denoiser_cfg.get("hub_file"):
+        return f"hf-hub:{denoiser_cfg['hub_file']} (downloaded when the model is built)"
+    raise ArgumentError(f"{args.model} has a DVT denoiser but no weights for it: give --denoiser-weights FILE "
+                        f"or set {DENOISER_WEIGHTS_ENV}=FILE")
+
+
+def recipe(args, argv) -> list:
+    """The resolved training recipe, as (name, value) lines: what --dry-run prints."""
+    world = world_size_from_environment()
+    global_batch = args.batch_size * world
+    given = any(a == "--lr" or a.startswith("--lr=") for a in argv)
+    how = "--lr" if given else "OpenCLIP's default for ViT models (no --lr given)"
+    # The authors' trainer multiplies its --lr by global batch / 256: the flat value that gives this lr there.
+    how += f"; the authors' flat --lr equivalent: {args.lr * 256 / global_batch:.3g} (x {global_batch} / 256)"
+    steps = ""
+    if args.train_num_samples:
+        per_epoch = args.train_num_samples // global_batch
+        steps = (f" ({args.warmup / max(per_epoch * args.epochs, 1):.1%} of {per_epoch * args.epochs} steps: "
+                 f"{per_epoch} per epoch from --train-num-samples {args.train_num_samples})")
+    vision = args.vision_weights or os.environ.get(VISION_WEIGHTS_ENV) or (
+        "timm pretrained (hub)" if args.pretrained_image else "random (no --pretrained-image / --vision-weights)")
+    return [
+        ("model", args.model),
+        ("simzss variant", args.simzss_variant),
+        ("lambda (concept loss weight)", f"{args.lambda_concept:g}" + (" = LiT" if args.lambda_concept == 0 else "")),
+        ("tau (patch softmax)", f"{args.concept_tau:g}"),
+        ("T (concept classifier)", f"{args.concept_temperature:g}"),
+        ("batch", f"{args.batch_size} per process x {world} processes = {global_batch} global"),
+        ("lr", f"{args.lr:g} ({how})"),
+        ("optimizer", f"{args.opt}, betas ({args.beta1:g}, {args.beta2:g}), eps {args.eps:g}, wd {args.wd:g}"),
+        ("schedule", f"{args.lr_scheduler}, warm-up {args.warmup} steps{steps}"),
+        ("epochs", str(args.epochs)),
+        ("precision", args.precision),
+        ("vision tower weights", vision),
+        ("denoiser weights", denoiser_source(args)),
+        ("checkpoint", args.pretrained or "none (text tower from scratch)"),
+    ]
+
+
 def main(argv):
     args = parse_args(argv)
+    if args.dry_run:
+        for name, value in recipe(args, argv):
+            print(f"{name}: {value}")
+        return 0
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
@@ -205,10 +275,11 @@ def main(argv):
         force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
         image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
         aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, pretrained_image_path=args.vision_weights,
-        output_dict=True, cache_dir=args.cache_dir,
+        denoiser_weights=args.denoiser_weights, output_dict=True, cache_dir=args.cache_dir,
+        simzss_variant=args.simzss_variant,
     )
     random_seed(args.seed, args.rank)
-    # The tower is frozen whatever --lock-image says (SPEC §1); the call is kept for OpenCLIP parity.
+    # The tower is frozen whatever --lock-image says (docs/method.md); the call is kept for OpenCLIP parity.
     model.lock_image_tower()
     if args.lock_text:
         model.lock_text_tower(args.lock_text_unlocked_layers, args.lock_text_freeze_layer_norm)
@@ -220,6 +291,8 @@ def main(argv):
                 f.write(f"{name}: {getattr(args, name)}\n")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logging.info(f"{args.model}: {trainable / 1e6:.1f}M trainable parameters (vision tower frozen)")
+        logging.info(f"SimZSS variant: {args.simzss_variant} (docs/method.md), lambda {args.lambda_concept:g}, "
+                     f"tau {args.concept_tau:g}, T {args.concept_temperature:g}")
 
     original_model = model
     if args.distributed and not args.horovod:
@@ -242,6 +315,10 @@ def main(argv):
     if args.resume is not None:
         checkpoint = read_checkpoint(args.resume)  # weights_only=True; a local file or an fsspec URL
         if "epoch" in checkpoint:
+            saved_variant = checkpoint.get("simzss_variant", args.simzss_variant)
+            if saved_variant != args.simzss_variant:
+                raise ArgumentError(f"--resume {args.resume} was trained with --simzss-variant {saved_variant}, "
+                                    f"not {args.simzss_variant}")
             start_epoch = checkpoint["epoch"]
             state_dict = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
             original_model.load_state_dict(state_dict)
@@ -280,7 +357,7 @@ def main(argv):
     loss = SimZSSLoss(
         lambda_concept=args.lambda_concept, tau=args.concept_tau, concept_temperature=args.concept_temperature,
         local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, cache_labels=True,
-        rank=args.rank, world_size=args.world_size, use_horovod=args.horovod,
+        rank=args.rank, world_size=args.world_size, use_horovod=args.horovod, variant=args.simzss_variant,
     )
     tally = SkipTally()
     history_path = os.path.join(log_base_path, f"history-rank{args.rank}.jsonl")
@@ -313,7 +390,7 @@ def main(argv):
 def cli(argv=None):
     try:
         return main(sys.argv[1:] if argv is None else argv)
-    except (ArgumentError, FileNotFoundError) as e:
+    except (ArgumentError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
