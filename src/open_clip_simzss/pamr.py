@@ -1,19 +1,20 @@
 """PAMR: pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020, "Single-Stage Semantic Segmentation
-from Image Labels", §3.3), the optional post-processing of TCL's released evaluation (EVAL_PROTOCOL.md §1.6).
+from Image Labels", §3.3), the optional post-processing of TCL's released evaluation (docs/evaluation.md).
 
-Written from the paper's definition, not from its code:
+It equals the authors' released module (github visinf/1-stage-wseg, ``models/mods/pamr.py``, which TCL and
+Talk2DINO use unchanged), written here from its definition:
 
-- For every pixel i and every neighbour j in a 3x3 neighbourhood at each dilation d (8 neighbours per
-  dilation, dilations 1, 2, 4, 8, 12, 24 -> 48 neighbours), the kernel is
-  ``kappa(i, j) = -|I_i - I_j| / (lambda * sigma_i)`` per colour channel, where ``sigma_i`` is the standard
-  deviation of the image around i (here: over i and all its 48 neighbours) and lambda = 0.1.
-- The kernel is averaged over the colour channels and turned into affinities with a softmax over the
-  neighbours, so every pixel's affinities are positive and sum to one.
+- Masks of another size than the image are first resized to the image (bilinear, ``align_corners=True``); the
+  refinement runs, and the result comes out, at the image's resolution.
+- Neighbours: the 8 non-centre taps of a 3x3 kernel at each dilation d (1, 2, 4, 8, 12, 24 -> 48 neighbours),
+  with replicate padding (a neighbour outside the image is its nearest inside pixel).
+- ``sigma_i``: per colour channel, the unbiased standard deviation of the 3x3 taps *including the centre* of
+  every dilation taken together: 9 x 6 = 54 values, the centre pixel counted once per dilation.
+- ``kappa(i, j) = -|I_i - I_j| / (1e-8 + 0.1 sigma_i)`` per colour channel, averaged over the channels, then a
+  softmax over the 48 neighbours gives the affinities ``alpha_ij`` (positive, summing to one; the centre is
+  not a neighbour of itself).
 - The masks are refined by ``m_i <- sum_j alpha_ij m_j``, repeated 10 times. Each step is a convex
   combination, so a constant channel (TCL's background constant) stays constant and scores keep their range.
-
-Image borders are handled by replicating the edge pixels (a neighbour outside the image is its nearest
-inside pixel).
 """
 from typing import List, Sequence, Tuple
 
@@ -44,8 +45,8 @@ def _shifted(padded: torch.Tensor, pad: int, dy: int, dx: int, height: int, widt
 class PAMR(nn.Module):
     """Refine class score maps with image-adaptive local affinities (see module docstring).
 
-    ``forward(image [B, 3, H, W], masks [B, C, h, w]) -> [B, C, h, w]``. When the masks are smaller than the
-    image, the image is resized to the masks (bilinear) — the refinement runs at the masks' resolution.
+    ``forward(image [B, 3, H, W], masks [B, C, h, w]) -> [B, C, H, W]``: masks of another size are resized to
+    the image first (bilinear, ``align_corners=True``), as in the reference module.
     """
 
     def __init__(self, num_iter: int = DEFAULT_ITERATIONS, dilations: Sequence[int] = DEFAULT_DILATIONS,
@@ -71,7 +72,9 @@ class PAMR(nn.Module):
             [_shifted(padded, self.pad, dy, dx, height, width) for dy, dx in self.offsets], dim=2,
         )  # [B, 3, K, H, W]
         centre = image.unsqueeze(2)
-        sigma = torch.cat([centre, neighbours], dim=2).std(dim=2, keepdim=True)
+        # The reference's sigma: the 9 taps of every dilation, the centre once per dilation (54 values).
+        taps = torch.cat([centre.expand(-1, -1, len(self.dilations), -1, -1), neighbours], dim=2)
+        sigma = taps.std(dim=2, keepdim=True)
         kappa = (neighbours - centre).abs_().div_(sigma.mul_(self.sigma_scale).add_(1e-8)).neg_()
         return kappa.mean(dim=1).softmax(dim=1)
 
@@ -80,12 +83,12 @@ class PAMR(nn.Module):
         if image.ndim != 4 or masks.ndim != 4 or image.shape[0] != masks.shape[0]:
             raise ValueError(f"PAMR expects image [B, 3, H, W] and masks [B, C, h, w], got "
                              f"{tuple(image.shape)} and {tuple(masks.shape)}")
-        height, width = masks.shape[-2:]
-        if image.shape[-2:] != masks.shape[-2:]:
-            image = F.interpolate(image.float(), size=(height, width), mode="bilinear", align_corners=False)
-        alpha = self.affinity(image)
+        height, width = image.shape[-2:]
         dtype = masks.dtype
         masks = masks.float()
+        if masks.shape[-2:] != image.shape[-2:]:
+            masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=True)
+        alpha = self.affinity(image)
         for _ in range(self.num_iter):
             padded = F.pad(masks, [self.pad] * 4, mode="replicate")
             refined = torch.zeros_like(masks)
