@@ -8,7 +8,7 @@ import open_clip_simzss
 from open_clip_simzss.concepts import ConceptExtractor
 from open_clip_simzss.data import SampleDecoder
 from open_clip_simzss.feature_cache import FeatureCache, tower_fingerprint
-from open_clip_simzss.loss import SimZSSLoss, total_loss
+from open_clip_simzss.loss import SimZSSLoss
 from shards import write_shards
 from training.main import cli
 
