@@ -55,7 +55,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import open_clip_simzss  # noqa: E402
 from open_clip_simzss import SimZSSLoss, concept_classification_loss, pool_visual_concepts  # noqa: E402
-from segment_throughput import CASES, Clock, run_case, time_tower  # noqa: E402
+from _common import Clock, run_case, time_tower  # noqa: E402
+from segment_throughput import CASES  # noqa: E402
 from step_overhead import make_step, synthetic_batch  # noqa: E402
 from train_throughput import run_trainer, write_shards  # noqa: E402
 
@@ -72,11 +73,14 @@ PLANS = {
     # batch_sizes: the training-step batches; warmup/repeats: untimed and timed calls per measurement;
     # train_*: the trainer runs (per-process batch, measured and dropped steps; steps + warm-up is rounded up to
     # a multiple of the loader workers, as the loader does); samples/shards: what the shard writer writes
-    # (resampled: a few thousand distinct samples feed any number of steps); seg_images: timed images per case.
+    # (resampled: a few thousand distinct samples feed any number of steps); seg_images: timed images per case;
+    # segmenter: ZeroShotSegmenter options (the smoke run scales the protocol's 448 px by 1/4, like its model's
+    # 112 px input: the same windows per image, 1/16 of the tokens each).
     "full": dict(model="simzss-vitb14", batch_sizes=(256, 1024), warmup=3, repeats=10, train_batch=256,
-                 train_steps=200, train_warmup=None, samples=2048, seg_images=20, templates="openai80"),
+                 train_steps=200, train_warmup=None, samples=2048, seg_images=20, templates="openai80", segmenter={}),
     "smoke": dict(model="simzss-tiny", batch_sizes=(2, 4), warmup=1, repeats=2, train_batch=4, train_steps=2,
-                  train_warmup=1, samples=8, seg_images=1, templates="simple7"),
+                  train_warmup=1, samples=8, seg_images=1, templates="simple7",
+                  segmenter=dict(short_side=112, window=112, stride=56)),
 }
 START = time.perf_counter()
 
@@ -261,7 +265,8 @@ class Suite:
         results = []
         for name, size, classes, split, with_background in CASES:
             results.append(run_case(model, self.tokenizer, clock, tower, name, size, classes, split, with_background,
-                                    self.plan["seg_images"], self.plan["templates"], window_batch_size=4))
+                                    self.plan["seg_images"], self.plan["templates"], window_batch_size=4,
+                                    **self.plan["segmenter"]))
             r = results[-1]
             log(f"  {name}: {r['images_per_s']:.2f} img/s, non-backbone share {100 * r['overhead_share']:.1f} %")
         del model
@@ -564,6 +569,11 @@ def main(argv=None):
         print(write_shards(Path(folder), int(samples), int(shards)))
         return 0
     plan = PLANS["smoke" if args.smoke else "full"]
+    if args.smoke and args.device == "cpu":
+        # A smoke run checks code paths, often on a shared CI machine, where two or more threads per process
+        # stall each other for seconds per step: one thread here, in the trainer and in the shard writer.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     env = environment(args)
     env["peak_tflops"], env["peak_source"] = peak_tflops(args, env["gpu"])
     prefix = output_prefix(args, env["gpu"])

@@ -16,85 +16,20 @@ does not depend on them.
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import torch
 
 import open_clip
 import open_clip_simzss
-from open_clip_simzss.datasets import load_class_names
-from open_clip_simzss.segmentation import ZeroShotSegmenter, window_grid
+from _common import Clock, run_case, time_tower
 
 CASES = [  # name, (H, W), text classes, split size for amortising the classifier, background by threshold
     # VOC21's text classes are VOC20's; its background comes from the foreground confidence (the costly path)
     ("voc21 500x375", (375, 500), "voc20", 1449, True),
     ("cityscapes 2048x1024", (1024, 2048), "cityscapes", 500, False),  # no background: no confidence needed
 ]
-
-
-class Clock:
-    def __init__(self, device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def __call__(self):
-        self.sync()
-        return time.perf_counter()
-
-
-def time_tower(model, clock):
-    """Wrap ``model.encode_dense`` so that every call adds its wall time to ``box[0]``."""
-    box = [0.0]
-    inner = model.encode_dense
-
-    def encode_dense(*args, **kwargs):
-        t0 = clock()
-        out = inner(*args, **kwargs)
-        box[0] += clock() - t0
-        return out
-
-    model.encode_dense = encode_dense
-    return box
-
-
-def run_case(model, tokenizer, clock, tower, name, size, classes, split, with_background, images, templates,
-             window_batch_size):
-    t0 = clock()
-    seg = ZeroShotSegmenter(model, tokenizer, load_class_names(classes), templates=templates,
-                            window_batch_size=window_batch_size,
-                            background_threshold=0.5 if with_background else None)
-    classifier_s = clock() - t0
-    rng = np.random.default_rng(0)
-    pics = [rng.integers(0, 256, size + (3,), dtype=np.uint8) for _ in range(images + 1)]
-    seg.predict_foreground(pics[0], with_confidence=with_background)  # warm-up (allocator, kernels)
-    per_image = []
-    for pic in pics[1:]:
-        # The steps of predict_foreground, timed one by one.
-        tower[0] = 0.0
-        t0 = clock()
-        normalized, orig = seg.preprocess(pic)
-        t1 = clock()
-        stitched = seg.stitched_logits(normalized)
-        t2 = clock()
-        seg.reduce_to_size(stitched, orig, with_confidence=with_background)  # as evaluate.py does
-        t3 = clock()
-        per_image.append({"total": t3 - t0, "tower": tower[0], "preprocess": t1 - t0,
-                          "windows_minus_tower": t2 - t1 - tower[0], "to_original": t3 - t2})
-    # Medians over the images: this machine is shared, and one slow image should not decide.
-    med = {k: float(np.median([r[k] for r in per_image])) for k in per_image[0]}
-    return {
-        "case": name, "classes": seg.num_classes, "images": images,
-        "windows_per_image": len(window_grid(*seg.resized_size(*size), seg.window, seg.stride)),
-        "images_per_s": len(per_image) / sum(r["total"] for r in per_image),
-        "median_s_per_image": med["total"], "median_tower_s_per_image": med["tower"],
-        "overhead_share": 1 - med["tower"] / med["total"],
-        "overhead_ms_per_image": {k: 1000 * med[k] for k in ("preprocess", "windows_minus_tower", "to_original")},
-        "classifier_build_s": classifier_s,
-        "classifier_amortised_share": (classifier_s / split) / (med["total"] + classifier_s / split),
-        "split_size": split,
-    }
 
 
 def main():
