@@ -143,6 +143,7 @@ class Suite:
         self.master = open_clip_simzss.create_model(plan["model"])  # on the host; each section takes a copy
         self.tokenizer = open_clip_simzss.get_tokenizer(plan["model"])
         self.image_size = self.master.visual.image_size[0]
+        self.host_batches = {}  # batch size -> synthetic batch on the host (1,024 images take a second to draw)
 
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -152,7 +153,9 @@ class Suite:
         return model.train(train)
 
     def batch(self, batch_size):
-        return {k: v.to(self.device) for k, v in synthetic_batch(self.tokenizer, batch_size, self.image_size).items()}
+        if batch_size not in self.host_batches:
+            self.host_batches[batch_size] = synthetic_batch(self.tokenizer, batch_size, self.image_size)
+        return {k: v.to(self.device) for k, v in self.host_batches[batch_size].items()}
 
     def time(self, fn):
         return median_seconds(fn, self.device, self.plan["warmup"], self.plan["repeats"])
@@ -323,6 +326,8 @@ def environment(args):
     name = torch.cuda.get_device_name(torch.device(args.device)) if cuda else f"CPU ({platform.processor() or 'host'})"
     return {"device": args.device, "gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if cuda else None, "python": platform.python_version(),
+            "device_memory_gib": torch.cuda.get_device_properties(torch.device(args.device)).total_memory / 2 ** 30
+            if cuda else None,
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average_before": os.getloadavg()[0]}
 
@@ -436,13 +441,15 @@ def markdown(result):
     load_after = f"{env['load_average_after']:.2f}" if "load_average_after" in env else "n/a"
     lines = [f"# GPU suite: {plan['model']} at {result['image_size']} px{' (smoke run)' if result['smoke'] else ''}",
              "", "| | |", "|---|---|",
-             f"| date | {result['date']} |", f"| device | {env['gpu']} (`{env['device']}`) |",
+             f"| date | {result['date']} |", f"| device | {env['gpu']} (`{env['device']}`"
+             + (f", {env['device_memory_gib']:.0f} GiB" if env["device_memory_gib"] else "") + ") |",
              f"| torch / CUDA / cuDNN | {env['torch']} / {env['cuda']} / {env['cudnn']} |",
              f"| CPUs, load average (1 min) before / after | {env['cpus']}, {env['load_average_before']:.2f} / "
              f"{load_after} |",
              "| precision | bf16 autocast (training step; trainer `--precision amp_bf16`); segmentation: the "
              "library's default |",
-             f"| peak dense bf16 | {env['peak_tflops'] or 'n/a'} TFLOP/s ({env['peak_source']}) |",
+             f"| peak dense bf16 | {env['peak_tflops'] or 'n/a'}"
+             + (" TFLOP/s" if env["peak_tflops"] else "") + f" ({env['peak_source']}) |",
              f"| wall time | {result['wall_s']:.0f} s |", f"| command | `{result['command']}` |"]
     for key, title, render in SECTIONS:
         lines += ["", f"## {title}", ""]
