@@ -27,7 +27,8 @@ few hundred steps. Timings are medians after warm-up steps, with CUDA events on 
 
 Results: JSON and a markdown table (GPU, torch/CUDA versions, load average, date) written to ``--output``
 (a path prefix; default ``benchmarks/results/gpu_suite-<gpu>-<date>``; a smoke run defaults to a temporary
-folder, as its figures are not measurements).
+folder, as its figures are not measurements). Both files are rewritten after every section, so a run cut short
+keeps what it measured; a section that fails is recorded as such, the others still run, and the exit status is 1.
 """
 import argparse
 import copy
