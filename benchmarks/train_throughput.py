@@ -50,7 +50,7 @@ DEFAULTS = {  # per model on the CPU: (batch size, measured steps, warm-up steps
     "simzss-tiny": (16, 12, 3),
     "simzss-vits14": (8, 4, 2),
 }
-GPU_DEFAULTS = (256, 30, 5)
+GPU_DEFAULTS = (256, 35, 5)  # steps + warm-up a multiple of the 10 GPU loader workers (epochs round up to it)
 STEP_LINE = re.compile(r"Train Epoch: \d+ .* Data \(t\): ([0-9.]+) Batch \(t\): ([0-9.]+), ([0-9.e+-]+)/s, ")
 
 
