@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # The main job: SimZSS vs LiT on synthetic scenes, trained and evaluated on the CPU (report in demo_output/report/)
 demo: $(STAMP)
-	$(PY) -m open_clip_simzss.demo --output demo_output
+	$(VENV)/bin/simzss-demo --output demo_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py
