@@ -105,6 +105,7 @@ def test_on_the_fly_concepts_equal_preprocessed(shards, extractor, tokenizer):
     (["--siglip"], "--siglip"),
     (["--model", "ViT-B-32"], "not a SimZSS model"),
     (["--horovod"], "--horovod only trains LiT"),
+    (["--torchcompile"], "--torchcompile is not supported"),
 ])
 def test_flag_combinations_that_cannot_work_are_refused(argv, message, capsys, tmp_path):
     assert cli(["--model", "simzss-tiny", "--logs", str(tmp_path), *argv]) == 2

@@ -7,8 +7,10 @@ node and worker, ``with_epoch`` rounding) with two SimZSS additions:
   ``python -m open_clip_simzss.preprocess``) or extracted on the fly with spaCy in the loader workers; the
   two give the same result because both come from ``ConceptExtractor.annotate``;
 * the sample shuffle is seeded (``--seed``, rank, worker, epoch), so a run is reproducible;
-* a batch is ``(images, texts, concepts)`` where ``concepts`` holds the flat tensors ``SimZSS.forward`` takes:
-  ``concept_ids [M]``, ``concept_image_index [M]``, ``concept_token_mask [M, L]``.
+* a batch is ``(images, texts, concepts, counts)`` where ``concepts`` holds what ``SimZSS.forward`` takes
+  besides images and texts: the flat tensors ``concept_ids [M]``, ``concept_image_index [M]``,
+  ``concept_token_mask [M, L]``, and ``batch_sizes`` (``model.BatchSizes``, read here on the CPU so that the
+  training step needs no host-device sync, docs/performance.md).
 
 Corrupt samples (undecodable image or caption, missing field) are skipped and counted, never crash a run;
 each batch carries its worker's running count so the trainer can log the exact total. A sample whose
@@ -27,6 +29,7 @@ from PIL import Image
 
 from .extras import require_train_extra
 from .images import IMAGE_EXTENSIONS
+from .model import BatchSizes
 
 require_train_extra("training", ("webdataset",))  # one clear line instead of an ImportError
 
@@ -148,7 +151,8 @@ class SampleDecoder:
 
 
 class Batcher:
-    """Groups decoded samples into (images, texts, concepts, skipped) batches."""
+    """Groups decoded samples into (images, texts, concepts, counts) batches; ``counts`` is (worker, skipped,
+    bad concepts) as Python ints, like ``concepts["batch_sizes"]``: the trainer reads them without a sync."""
 
     def __init__(self, batch_size: int, context_length: int, decoder: SampleDecoder, partial: bool):
         self.batch_size, self.context_length, self.decoder, self.partial = batch_size, context_length, decoder, partial
@@ -172,9 +176,10 @@ class Batcher:
                 images = torch.stack([s[0] for s in chunk])
             texts = torch.stack([s[1] for s in chunk])
             concepts = collate_concepts([s[2] for s in chunk], self.context_length)
+            concepts["batch_sizes"] = BatchSizes.of(texts, **concepts)
             info = torch.utils.data.get_worker_info()
             worker = info.id if info is not None else 0
-            counts = torch.tensor([worker, self.decoder.counter.skipped, self.decoder.counter.bad_concepts])
+            counts = (worker, self.decoder.counter.skipped, self.decoder.counter.bad_concepts)
             yield images, texts, concepts, counts
 
 

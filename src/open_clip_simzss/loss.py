@@ -15,6 +15,11 @@ built from its tokens, is in ``model.text_concepts``.)
 Distributed training all-gathers the concepts (with gradient for the local ones when ``gather_with_grad``),
 so the result equals single-process training on the same global batch, for both variants, exactly as
 OpenCLIP's ``ClipLoss``.
+
+Host syncs (docs/performance.md): given the batch's ``BatchSizes`` (``model.py``; ``SimZSS.forward`` passes
+them on), a single-process loss reads nothing back from the device. Without them, the pooling layout and the
+classifier size are read from the device (one sync each). Distributed training needs two: the per-rank concept
+counts (the sizes of the variable all-gather) and the number of distinct ids of the global batch.
 """
 from typing import Dict, Optional, Tuple
 
@@ -30,6 +35,7 @@ def pool_visual_concepts(
         image_index: torch.Tensor,
         text_concepts: torch.Tensor,
         tau: float = 0.1,
+        slots: Optional[int] = None,
 ) -> torch.Tensor:
     """Eq. 3-4: the visual concept of each text concept, pooled from its own image's patches.
 
@@ -42,6 +48,8 @@ def pool_visual_concepts(
         text_concepts: [M, d] the queries (any norm; normalised here): the projected text concepts ``c̃_t``,
             or their classifier rows for the release variant (``concept_queries``).
         tau: softmax temperature over patches (Table 9: 0.1).
+        slots: the most concepts of one image (``BatchSizes.concepts_per_image``), if known on the host;
+            otherwise read from ``image_index`` (a host sync on an accelerator).
     Returns:
         [M, d] visual concepts ``c_v`` (not normalised).
     """
@@ -54,12 +62,13 @@ def pool_visual_concepts(
     queries = F.normalize(text_concepts, dim=-1)
     # Lay the concepts out as [B, K, d] (K = most concepts of one image) so that each concept only meets its
     # own image's patches: gathering patches per concept would cost M x N x d memory.
-    counts = torch.bincount(image_index, minlength=patches.shape[0])
-    slots = int(counts.max())
+    # (torch.bincount would size its output from image_index.max(): a host sync on CUDA; searchsorted does not.)
     order = torch.argsort(image_index, stable=True)
     sorted_image = image_index[order]
-    first_of_image = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(num_concepts, device=image_index.device) - first_of_image[sorted_image]
+    first_of_image = torch.searchsorted(sorted_image, sorted_image)  # where each concept's image starts
+    slot = torch.arange(num_concepts, device=image_index.device) - first_of_image
+    if slots is None:
+        slots = int(slot.max()) + 1
     flat_slot = sorted_image * slots + slot  # row of each (sorted) concept in the [B * K, d] layout
     # Advanced indexing / index_put only: index_add_, index_copy and index_select's backward are slow on CPU.
     padded = queries.new_zeros(patches.shape[0] * slots, queries.shape[-1]).index_put((flat_slot,), queries[order])
@@ -78,15 +87,25 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def concept_classifier(text_concepts: torch.Tensor, concept_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def concept_classifier(text_concepts: torch.Tensor, concept_ids: torch.Tensor,
+                       num_classes: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eq. 7: one row per unique concept id, ``h_j = Σ_{l: id_l = j} c̃_t^l``, rows l2-normalised.
 
     Returns (classifier [k, d], target [M]: the row of each concept's own id). Rows are sorted by id, so "the
     lowest id" and "the first row" are the same thing. Only the ids present in the batch have a row: this is
-    the release code's restriction of the softmax to the classes present in the batch.
+    the release code's restriction of the softmax to the classes present in the batch. ``num_classes`` is k
+    (``BatchSizes.concept_classes``) if known on the host; otherwise it is read back (a host sync).
     """
-    unique_ids, target = torch.unique(concept_ids, return_inverse=True)
-    summed = text_concepts.new_zeros(unique_ids.shape[0], text_concepts.shape[-1]).index_put(
+    # torch.unique(return_inverse=True), without its host sync: the row of an id is the number of distinct
+    # smaller ids, counted on the sorted ids.
+    sorted_ids, order = torch.sort(concept_ids, stable=True)
+    is_new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    is_new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    sorted_row = torch.cumsum(is_new, dim=0) - 1
+    target = torch.empty_like(sorted_row).index_put((order,), sorted_row)
+    if num_classes is None:
+        num_classes = int(is_new.sum())
+    summed = text_concepts.new_zeros(num_classes, text_concepts.shape[-1]).index_put(
         (target,), text_concepts, accumulate=True)
     return F.normalize(summed, dim=-1), target
 
@@ -218,15 +237,29 @@ class SimZSSLoss(nn.Module):
             text_concepts: torch.Tensor,
             concept_ids: torch.Tensor,
             concept_image_index: torch.Tensor,
+            batch_sizes=None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``L_l`` (Eq. 3-4, 7-9) over the global batch; returns (loss, accuracy)."""
+        """``L_l`` (Eq. 3-4, 7-9) over the global batch; returns (loss, accuracy).
+
+        ``batch_sizes`` (``model.BatchSizes`` of the local batch) spares the host syncs of the pooling layout
+        and, in a single process, of the classifier size. Eq. 3-9 run in fp32 even under autocast: the cosines
+        are divided by τ = 0.1 and T = 0.07 before their softmax, which would magnify bf16's rounding (~0.4 %)
+        tenfold, and these operations are a small share of the step (docs/performance.md).
+        """
+        with torch.autocast(patch_tokens.device.type, enabled=False):
+            return self._concept_loss(patch_tokens.float(), text_concepts.float(), concept_ids,
+                                      concept_image_index, batch_sizes)
+
+    def _concept_loss(self, patch_tokens, text_concepts, concept_ids, concept_image_index, batch_sizes):
         counts = [concept_ids.shape[0]]
         all_text, all_ids = text_concepts, concept_ids
         if self.world_size > 1:
-            local_count = torch.tensor([concept_ids.shape[0]], device=concept_ids.device)
+            # torch.full, not torch.tensor([n], device=...): a blocking host-to-device copy is a sync too.
+            local_count = torch.full((1,), concept_ids.shape[0], device=concept_ids.device)
             gathered = [torch.zeros_like(local_count) for _ in range(self.world_size)]
             dist.all_gather(gathered, local_count)
-            counts = [int(c) for c in gathered]
+            # Host sync (needed): the padded all-gathers below are sized by every rank's count.
+            counts = torch.cat(gathered).tolist()
             all_text = _all_gather_variable(text_concepts, counts, self.rank, self.gather_with_grad)
             all_ids = _all_gather_variable(concept_ids, counts, self.rank, with_grad=False)
         total = sum(counts)
@@ -234,13 +267,17 @@ class SimZSSLoss(nn.Module):
             zero = patch_tokens.sum() * 0.0 + all_text.sum() * 0.0
             return zero, zero.detach()
 
-        classifier, target = concept_classifier(all_text, all_ids)
+        # Host sync when distributed (needed): the classifier has one row per distinct id of the global batch,
+        # which no rank knows before the gather. In a single process the batch's BatchSizes know it.
+        num_classes = batch_sizes.concept_classes if batch_sizes is not None and self.world_size == 1 else None
+        slots = batch_sizes.concepts_per_image if batch_sizes is not None else None
+        classifier, target = concept_classifier(all_text, all_ids, num_classes)
         rank = self.rank if self.world_size > 1 else 0
         start = sum(counts[:rank])
         local_target = target[start: start + counts[rank]]
         queries = concept_queries(text_concepts, classifier, local_target, self.variant)
         # Visual concepts need the concept's own image, which is local: pool before gathering.
-        visual_concepts = pool_visual_concepts(patch_tokens, concept_image_index, queries, self.tau)
+        visual_concepts = pool_visual_concepts(patch_tokens, concept_image_index, queries, self.tau, slots)
         if self.world_size == 1 or not self.local_loss:
             if self.world_size > 1:
                 visual_concepts = _all_gather_variable(visual_concepts, counts, self.rank, self.gather_with_grad)
@@ -265,6 +302,7 @@ class SimZSSLoss(nn.Module):
             text_concepts: Optional[torch.Tensor] = None,
             concept_ids: Optional[torch.Tensor] = None,
             concept_image_index: Optional[torch.Tensor] = None,
+            batch_sizes=None,
             output_dict: bool = True,
             **unused,
     ):
@@ -273,7 +311,8 @@ class SimZSSLoss(nn.Module):
         if self.lambda_concept > 0:
             if text_concepts is None or concept_ids is None or patch_tokens is None or concept_image_index is None:
                 raise ValueError("lambda_concept > 0 needs the model's concept outputs (pass concepts to the model)")
-            concept, accuracy = self.concept_loss(patch_tokens, text_concepts, concept_ids, concept_image_index)
+            concept, accuracy = self.concept_loss(patch_tokens, text_concepts, concept_ids, concept_image_index,
+                                                  batch_sizes)
             losses["concept_loss"] = self.lambda_concept * concept
             losses["concept_accuracy"] = accuracy
         else:

@@ -8,6 +8,7 @@ The state-dict layout (``visual.trunk.*``, ``text.*``, ``logit_scale``) is the o
 ``CustomTextCLIP`` with a ``TimmModel`` vision tower, so a SimZSS checkpoint of a "token"-pooled config also
 loads into a plain OpenCLIP model (global features only, see README "Interoperability").
 """
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -120,20 +121,76 @@ class FrozenVisionTower(nn.Module):
         return self.forward_tokens(image)[0]
 
 
+@dataclass(frozen=True)
+class BatchSizes:
+    """The sizes a training batch's tensor shapes depend on, read once on the host (docs/performance.md).
+
+    On an accelerator, reading a number out of a device tensor (``int(t)``, ``.item()``, ``nonzero``,
+    ``unique``) stalls the host until the device has run everything queued before it: a host-device sync.
+    Computed from the loader's CPU batch (``data.Batcher`` does it in the loader workers), these sizes let
+    ``SimZSS.forward`` and ``SimZSSLoss`` run a single-process step with no sync at all. Without them, both
+    compute what they need from the device tensors, with syncs (``SimZSS.forward``: one).
+    """
+    text_length: int  # positions the text tower runs: up to the batch's last end-of-text token (trimming)
+    concept_tokens: int = 0  # set entries of concept_token_mask: the (concept, token) pairs of Eq. 1
+    concepts_per_image: int = 0  # most concepts of one image: the slots of pool_visual_concepts' layout
+    concept_classes: int = 0  # distinct concept ids: the rows of the concept classifier (Eq. 7)
+
+    @classmethod
+    def of(
+            cls,
+            text: torch.Tensor,
+            concept_ids: Optional[torch.Tensor] = None,
+            concept_image_index: Optional[torch.Tensor] = None,
+            concept_token_mask: Optional[torch.Tensor] = None,
+    ) -> "BatchSizes":
+        """The sizes of a batch, checked: every concept has a token and none lies after the last end-of-text
+        token. One read of one small tensor: free on CPU tensors, one host sync on device tensors."""
+        eos = text.argmax(dim=-1)  # the end-of-text token has the largest id (OpenCLIP's argmax pooling)
+        stats = [eos.max() + 1]
+        num_concepts = 0 if concept_ids is None else concept_ids.shape[0]
+        if num_concepts:
+            if not (concept_token_mask.shape[0] == concept_image_index.shape[0] == num_concepts):
+                raise ValueError("concept_ids, concept_image_index and concept_token_mask disagree on the number "
+                                 "of concepts")
+            tokens = concept_token_mask.sum(dim=1)
+            positions = torch.arange(concept_token_mask.shape[1], device=text.device)
+            last_position = torch.where(concept_token_mask.any(dim=0), positions, -1).max()
+            sorted_image = concept_image_index.sort().values
+            slot = torch.arange(num_concepts, device=text.device) - torch.searchsorted(sorted_image, sorted_image)
+            sorted_ids = concept_ids.sort().values
+            distinct = (sorted_ids[1:] != sorted_ids[:-1]).sum() + 1
+            stats += [tokens.sum(), tokens.min(), last_position, slot.max() + 1, distinct]
+        values = torch.stack(stats).tolist()
+        if not num_concepts:
+            return cls(values[0])
+        text_length, concept_tokens, fewest_tokens, last_position, concepts_per_image, concept_classes = values
+        if fewest_tokens == 0:
+            raise ValueError("every concept needs at least one token position")
+        if last_position >= text_length:
+            raise ValueError("a concept lies after its caption's end-of-text token")
+        return cls(text_length, concept_tokens, concepts_per_image, concept_classes)
+
+
 def _concept_token_rows(
         text_tokens: torch.Tensor,
         concept_image_index: torch.Tensor,
         concept_token_mask: torch.Tensor,
+        num_pairs: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The (concept, position) pairs that are set: (concept of each pair [E], its token [E, d_t]).
 
-    Only these pairs are gathered: M x L x d_t would not fit for big batches.
+    Only these pairs are gathered: M x L x d_t would not fit for big batches. ``num_pairs`` (E, from
+    ``BatchSizes``) sizes the pairs on the host; without it, the check and ``nonzero`` are two host syncs.
     """
     if concept_token_mask.shape[0] != concept_image_index.shape[0]:
         raise ValueError("concept_token_mask and concept_image_index disagree on the number of concepts")
-    if bool((concept_token_mask.sum(dim=1) == 0).any()):
-        raise ValueError("every concept needs at least one token position")
-    concept_idx, position = concept_token_mask.nonzero(as_tuple=True)
+    if num_pairs is None:
+        if bool((concept_token_mask.sum(dim=1) == 0).any()):
+            raise ValueError("every concept needs at least one token position")
+        num_pairs = int(concept_token_mask.sum())
+    # nonzero_static: the same pairs in the same (row-major) order as nonzero, sized without a sync
+    concept_idx, position = torch.nonzero_static(concept_token_mask, size=num_pairs).unbind(dim=1)
     return concept_idx, text_tokens[concept_image_index[concept_idx], position]
 
 
@@ -147,6 +204,7 @@ def pool_text_concepts(
         text_tokens: torch.Tensor,
         concept_image_index: torch.Tensor,
         concept_token_mask: torch.Tensor,
+        num_pairs: Optional[int] = None,
 ) -> torch.Tensor:
     """Eq. 1: ``c_t^l = mean_{i in S_l} z_t^i``, the mean of a concept's word tokens, before ``g``.
 
@@ -154,10 +212,12 @@ def pool_text_concepts(
         text_tokens: [B, L, d_t] text tower outputs after the final norm.
         concept_image_index: [M] which caption (= which image) each concept comes from.
         concept_token_mask: [M, L] bool, the token positions S_l of each concept.
+        num_pairs: the number of set entries of ``concept_token_mask`` (``BatchSizes.concept_tokens``), if
+            known on the host.
     Returns:
         [M, d_t]
     """
-    concept_idx, picked = _concept_token_rows(text_tokens, concept_image_index, concept_token_mask)
+    concept_idx, picked = _concept_token_rows(text_tokens, concept_image_index, concept_token_mask, num_pairs)
     counts = concept_token_mask.sum(dim=1, keepdim=True).to(picked.dtype)
     return _sum_per_concept(picked, concept_idx, concept_token_mask.shape[0]) / counts
 
@@ -168,6 +228,7 @@ def text_concepts(
         concept_token_mask: torch.Tensor,
         project: Callable[[torch.Tensor], torch.Tensor],
         variant: str = "paper",
+        num_pairs: Optional[int] = None,
 ) -> torch.Tensor:
     """The projected text concepts ``c̃_t`` [M, d_v] (Eq. 1-2), as the chosen variant builds them.
 
@@ -181,10 +242,11 @@ def text_concepts(
         concept_token_mask: [M, L] bool, the token positions of each concept.
         project: the map ``g`` (``SimZSS.project_text``).
         variant: ``"paper"`` or ``"release"`` (docs/method.md).
+        num_pairs: the number of set entries of ``concept_token_mask``, if known on the host (``BatchSizes``).
     """
     if check_variant(variant) == "paper":
-        return project(pool_text_concepts(text_tokens, concept_image_index, concept_token_mask))
-    concept_idx, picked = _concept_token_rows(text_tokens, concept_image_index, concept_token_mask)
+        return project(pool_text_concepts(text_tokens, concept_image_index, concept_token_mask, num_pairs))
+    concept_idx, picked = _concept_token_rows(text_tokens, concept_image_index, concept_token_mask, num_pairs)
     return _sum_per_concept(F.normalize(project(picked), dim=-1), concept_idx, concept_token_mask.shape[0])
 
 
@@ -272,17 +334,21 @@ class SimZSS(nn.Module):
         t = self.text
         return t.attn_mask is not None and t.cls_emb is None and t.pool_type == "argmax" and not t.use_pad_mask
 
-    def _encode_text_both(self, text: torch.Tensor, trim: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _encode_text_both(self, text: torch.Tensor, trim: bool = True,
+                          length: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(g(EOS) [B, d_v], tokens after ln_final [B, L', d_t]).
 
         With a causal mask, running the tower on the first L' = (last EOS position + 1) tokens only gives
         exactly the same outputs up to each caption's EOS: captions are short (COCO ~13 tokens of 77), so this
         cuts the text tower's cost several times. OpenCLIP's TextTransformer always runs all 77 positions.
+        ``length`` is L' when the caller knows it on the host (``BatchSizes.text_length``); otherwise it is
+        read from ``text``: one host sync on an accelerator.
         """
         t = self.text
         if not (trim and self.can_trim_text):
             return t(text)
-        length = int(text.argmax(dim=-1).max()) + 1  # EOS is the largest token id (OpenCLIP's argmax pooling)
+        if length is None:
+            length = BatchSizes.of(text).text_length
         text = text[:, :length]
         cast_dtype = t.transformer.get_cast_dtype()
         x = t.token_embedding(text).to(cast_dtype) + t.positional_embedding[:length].to(cast_dtype)
@@ -304,11 +370,14 @@ class SimZSS(nn.Module):
             concept_image_index: torch.Tensor,
             concept_token_mask: torch.Tensor,
             variant: Optional[str] = None,
+            num_pairs: Optional[int] = None,
     ) -> torch.Tensor:
         """Eq. 1-2: the projected text concepts ``c̃_t`` [M, d_v] (``text_concepts``; ``variant`` defaults to
-        the model's ``simzss_variant``).
+        the model's ``simzss_variant``; ``num_pairs`` is ``BatchSizes.concept_tokens`` if known).
 
         ``text_tokens`` may be trimmed to L' <= L positions (``_encode_text_both``); concepts lie before EOS.
+        A mask wider than the tokens is checked for that (a host sync on an accelerator): ``forward`` passes
+        one of the tokens' width, checked on the host by ``BatchSizes.of``.
         """
         length = text_tokens.shape[1]
         if length < concept_token_mask.shape[1]:
@@ -316,7 +385,7 @@ class SimZSS(nn.Module):
                 raise ValueError("a concept lies after its caption's end-of-text token")
             concept_token_mask = concept_token_mask[:, :length]
         return text_concepts(text_tokens, concept_image_index, concept_token_mask, self.project_text,
-                             variant or self.simzss_variant)
+                             variant or self.simzss_variant, num_pairs)
 
     # --- training forward -------------------------------------------------------------------------------------
     def forward(
@@ -328,13 +397,16 @@ class SimZSS(nn.Module):
             concept_token_mask: Optional[torch.Tensor] = None,
             image_features: Optional[torch.Tensor] = None,
             patch_tokens: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
+            batch_sizes: Optional[BatchSizes] = None,
+    ) -> Dict[str, object]:
         """One training forward. Returns the dict ``SimZSSLoss`` takes.
 
         Concepts come flat: ``concept_ids`` [M] (bank ids), ``concept_image_index`` [M] (their caption/image in
         this batch) and ``concept_token_mask`` [M, L] (their token positions). Without them only the global
         (LiT) outputs are produced. ``image_features``/``patch_tokens`` may be given instead of ``image`` (the
-        frozen tower's outputs do not change, so they can be cached).
+        frozen tower's outputs do not change, so they can be cached). ``batch_sizes`` (``BatchSizes.of`` the
+        CPU batch) makes the step free of host syncs; without it, this forward reads them from the text and
+        concept tensors, one host sync on an accelerator. They are passed on to the loss in the output.
         """
         out: Dict[str, torch.Tensor] = {"logit_scale": self.logit_scale.exp()}
         if image is not None:
@@ -343,15 +415,22 @@ class SimZSS(nn.Module):
         if image_features is not None:
             out["image_features"] = F.normalize(image_features, dim=-1)
         if text is not None:
-            text_features, text_tokens = self._encode_text_both(text)
-            out["text_features"] = F.normalize(text_features, dim=-1)
             if concept_ids is not None:
                 if concept_image_index is None or concept_token_mask is None:
                     raise ValueError("concept_ids need concept_image_index and concept_token_mask")
                 if patch_tokens is None:
                     raise ValueError("the concept loss needs the images' patch tokens")
+            if batch_sizes is None:
+                batch_sizes = BatchSizes.of(text, concept_ids, concept_image_index, concept_token_mask)
+            text_features, text_tokens = self._encode_text_both(text, length=batch_sizes.text_length)
+            out["text_features"] = F.normalize(text_features, dim=-1)
+            out["batch_sizes"] = batch_sizes
+            if concept_ids is not None:
                 out["patch_tokens"] = patch_tokens
-                out["text_concepts"] = self.encode_text_concepts(text_tokens, concept_image_index, concept_token_mask)
+                # BatchSizes.of checked that no concept lies past the trimmed length: cut the mask unchecked.
+                mask = concept_token_mask[:, :text_tokens.shape[1]]
+                out["text_concepts"] = self.encode_text_concepts(text_tokens, concept_image_index, mask,
+                                                                 num_pairs=batch_sizes.concept_tokens)
                 out["concept_ids"] = concept_ids
                 out["concept_image_index"] = concept_image_index
         return out

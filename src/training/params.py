@@ -59,6 +59,10 @@ def validate(args):
         raise ArgumentError("--distill-model/--distill-pretrained are not supported by SimZSS")
     if args.trace or args.torchscript:
         raise ArgumentError("--trace/--torchscript are not supported for SimZSS models")
+    if args.torchcompile:
+        raise ArgumentError("--torchcompile is not supported: the step's shapes change with every batch (trimmed "
+                            "text length, concept counts), so torch.compile would recompile; see "
+                            "docs/performance.md")
     if args.use_bnb_linear:
         raise ArgumentError("--use-bnb-linear is not supported for SimZSS models")
     if args.horovod and args.lambda_concept > 0:

@@ -1,5 +1,10 @@
 """One epoch of SimZSS training: OpenCLIP's step (autocast, grad scaler, clipping, logit-scale clamp, logging to
 the console, tensorboard and wandb) with batches that carry concepts, and the concept loss and accuracy logged.
+
+Host-device syncs (docs/performance.md): a step reads nothing back from the device, except at a logging step
+(every ``--log-every-n-steps`` and the epoch's last). The batch's sizes come from the loader as Python ints
+(``concepts["batch_sizes"]``), and the per-step losses of the history stay on the device until the next logging
+step reads them all in one transfer. ``--precision amp`` (fp16) adds torch's GradScaler checks; amp_bf16 has none.
 """
 import logging
 import math
@@ -35,6 +40,7 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, args
     meters = {}
     batch_time_m, data_time_m = AverageMeter(), AverageMeter()
     history = []
+    pending = []  # (record, losses still on the device) of the steps since the last logging step
     end = time.time()
     for i, (images, texts, concepts, counts) in enumerate(dataloader):
         step = num_batches_per_epoch * epoch + i
@@ -49,7 +55,9 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, args
             images = images.to(device=device, dtype=input_dtype, non_blocking=True)
             inputs = dict(image=images, text=texts)
         if use_concepts:
-            inputs.update({k: v.to(device=device, non_blocking=True) for k, v in concepts.items()})
+            inputs.update({k: v.to(device=device, non_blocking=True) for k, v in concepts.items()
+                           if isinstance(v, torch.Tensor)})
+        inputs["batch_sizes"] = concepts["batch_sizes"]  # Python ints: what the step's shapes depend on
         data_time_m.update(time.time() - end)
 
         optimizer.zero_grad()
@@ -79,22 +87,27 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, args
         with torch.no_grad():  # ln(100), as OpenCLIP and the paper
             unwrap_model(model).logit_scale.clamp_(0, math.log(100))
 
-        batch_time_m.update(time.time() - end)
-        end = time.time()
         batch_count = i + 1
         losses["loss"] = total
-        record = {k: float(v.detach()) for k, v in losses.items()}
-        record.update(step=step, epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                      num_concepts=int(concepts["concept_ids"].numel()))
-        history.append(record)
-        if is_master(args) and (i % args.log_every_n_steps == 0 or batch_count == num_batches_per_epoch):
+        record = dict(step=step, epoch=epoch, lr=optimizer.param_groups[0]["lr"],
+                      num_concepts=int(concepts["concept_ids"].numel()))  # numel: a shape, no sync
+        pending.append((record, {k: v.detach() for k, v in losses.items()}))
+        logging_step = i % args.log_every_n_steps == 0 or batch_count == num_batches_per_epoch
+        if logging_step:
+            # The one host sync of a logging step (every rank, for its history): waits for this step's work.
+            logit_scale = read_pending(pending, history, unwrap_model(model).logit_scale.detach().exp())
+        # After the sync on a logging step: batch_time_m.avg is then the interval's true time per step.
+        batch_time_m.update(time.time() - end)
+        end = time.time()
+        if is_master(args) and logging_step:
             batch_size = len(texts)
             num_samples = batch_count * batch_size * args.world_size
             for key, val in record.items():
                 if key.endswith(("loss", "accuracy")):
                     meters.setdefault(key, AverageMeter()).update(val, batch_size)
-            samples_per_second = args.batch_size * args.world_size / batch_time_m.val
-            logit_scale = float(unwrap_model(model).logit_scale.detach().exp())
+            # The average since the last logging step: without a sync per step, one step's time is only the
+            # host's (the device runs behind it); the interval's average is exact.
+            samples_per_second = args.batch_size * args.world_size / batch_time_m.avg
             loss_log = " ".join(f"{k.replace('_', ' ').capitalize()}: {m.val:#.5g} ({m.avg:#.5g})"
                                 for k, m in meters.items())
             logging.info(
@@ -119,4 +132,21 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, args
                 wandb.log(dict(log_data, step=step), step=step)
             batch_time_m.reset()
             data_time_m.reset()
+    read_pending(pending, history)  # a loader that ended early: its last steps (nothing when it did not)
     return history
+
+
+def read_pending(pending, history, *extra):
+    """Reads the pending steps' losses (and ``extra`` scalars) from the device in one transfer, appends the
+    completed records to ``history`` and returns the ``extra`` values as floats."""
+    keys = [list(losses) for _, losses in pending]
+    flat = [v.float() for _, losses in pending for v in losses.values()] + [v.float() for v in extra]
+    if not flat:
+        return None
+    values = torch.stack(flat).tolist()
+    for (record, _), names in zip(pending, keys):
+        record.update(zip(names, values[:len(names)]))
+        values = values[len(names):]
+        history.append(record)
+    pending.clear()
+    return values[0] if len(extra) == 1 else values
