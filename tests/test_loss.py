@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from open_clip_simzss.loss import (
-    SimZSSLoss, classify_visual_concepts, concept_classification_loss, concept_classifier, concept_queries,
-    pool_visual_concepts, total_loss,
+    SimZSSLoss, classify_visual_concepts, concept_classification_loss, concept_classifier, concept_queries, id_rows,
+    image_slots, pool_visual_concepts, total_loss,
 )
 from open_clip_simzss.model import pool_text_concepts
 
@@ -73,6 +73,19 @@ def test_classifier_sums_concepts_of_one_id():
     # unique ids sorted: 3 -> row 0, 7 -> row 1; row 1 = normalize([1,0] + [3,4]) = [4,4]/sqrt(32)
     assert target.tolist() == [1, 0, 1]
     assert torch.allclose(h, torch.tensor([[0.0, 1.0], [1 / math.sqrt(2), 1 / math.sqrt(2)]]))
+
+
+def test_sync_free_rows_and_slots_by_hand():
+    """id_rows is torch.unique's inverse; image_slots ranks each concept among its image's (docs/performance.md)."""
+    ids = torch.tensor([7, 3, 7, 9, 3, 3])
+    rows, is_new = id_rows(ids)
+    assert rows.tolist() == torch.unique(ids, return_inverse=True)[1].tolist() == [1, 0, 1, 2, 0, 0]
+    assert is_new.tolist() == [True, False, False, True, False, True]  # sorted ids 3 3 3 7 7 9
+    order, sorted_image, slot = image_slots(torch.tensor([2, 0, 2, 2, 0]))
+    assert order.tolist() == [1, 4, 0, 2, 3] and sorted_image.tolist() == [0, 0, 2, 2, 2]
+    assert slot.tolist() == [0, 1, 0, 1, 2]
+    h, target = concept_classifier(torch.eye(6), ids, num_classes=3)  # the size given: same rows
+    assert target.tolist() == rows.tolist() and torch.equal(h, concept_classifier(torch.eye(6), ids)[0])
 
 
 def test_concept_loss_by_hand():

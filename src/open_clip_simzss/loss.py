@@ -30,6 +30,25 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 
+def image_slots(image_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order, sorted image, slot): the concepts sorted by image (stable), and each one's rank among its
+    image's concepts. No host sync (``torch.bincount`` would size its output from the largest index: one)."""
+    order = torch.argsort(image_index, stable=True)
+    sorted_image = image_index[order]
+    first_of_image = torch.searchsorted(sorted_image, sorted_image)  # where each concept's image starts
+    return order, sorted_image, torch.arange(image_index.shape[0], device=image_index.device) - first_of_image
+
+
+def id_rows(concept_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(row of each concept's id among the batch's distinct ids in increasing order [M], whether each id of
+    the sorted ids is a new one [M]): ``torch.unique(return_inverse=True)`` without its host sync."""
+    sorted_ids, order = torch.sort(concept_ids, stable=True)
+    is_new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    is_new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    sorted_row = torch.cumsum(is_new, dim=0) - 1  # the number of distinct smaller ids
+    return torch.empty_like(sorted_row).index_put((order,), sorted_row), is_new
+
+
 def pool_visual_concepts(
         patch_tokens: torch.Tensor,
         image_index: torch.Tensor,
@@ -62,11 +81,7 @@ def pool_visual_concepts(
     queries = F.normalize(text_concepts, dim=-1)
     # Lay the concepts out as [B, K, d] (K = most concepts of one image) so that each concept only meets its
     # own image's patches: gathering patches per concept would cost M x N x d memory.
-    # (torch.bincount would size its output from image_index.max(): a host sync on CUDA; searchsorted does not.)
-    order = torch.argsort(image_index, stable=True)
-    sorted_image = image_index[order]
-    first_of_image = torch.searchsorted(sorted_image, sorted_image)  # where each concept's image starts
-    slot = torch.arange(num_concepts, device=image_index.device) - first_of_image
+    order, sorted_image, slot = image_slots(image_index)
     if slots is None:
         slots = int(slot.max()) + 1
     flat_slot = sorted_image * slots + slot  # row of each (sorted) concept in the [B * K, d] layout
@@ -96,13 +111,7 @@ def concept_classifier(text_concepts: torch.Tensor, concept_ids: torch.Tensor,
     the release code's restriction of the softmax to the classes present in the batch. ``num_classes`` is k
     (``BatchSizes.concept_classes``) if known on the host; otherwise it is read back (a host sync).
     """
-    # torch.unique(return_inverse=True), without its host sync: the row of an id is the number of distinct
-    # smaller ids, counted on the sorted ids.
-    sorted_ids, order = torch.sort(concept_ids, stable=True)
-    is_new = torch.ones_like(sorted_ids, dtype=torch.bool)
-    is_new[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    sorted_row = torch.cumsum(is_new, dim=0) - 1
-    target = torch.empty_like(sorted_row).index_put((order,), sorted_row)
+    target, is_new = id_rows(concept_ids)
     if num_classes is None:
         num_classes = int(is_new.sum())
     summed = text_concepts.new_zeros(num_classes, text_concepts.shape[-1]).index_put(

@@ -20,7 +20,7 @@ from open_clip.model import _build_text_tower  # the builder OpenCLIP's own Cust
 from open_clip.transformer import text_global_pool
 
 from .denoiser import build_denoiser
-from .loss import check_variant
+from .loss import check_variant, id_rows, image_slots
 
 # vision_cfg keys this model understands. They are OpenCLIP's CLIPVisionCfg names (so our JSON configs stay
 # readable by OpenCLIP) plus ``timm_model_kwargs`` for towers that need extra timm arguments (simzss-tiny).
@@ -156,11 +156,8 @@ class BatchSizes:
             tokens = concept_token_mask.sum(dim=1)
             positions = torch.arange(concept_token_mask.shape[1], device=text.device)
             last_position = torch.where(concept_token_mask.any(dim=0), positions, -1).max()
-            sorted_image = concept_image_index.sort().values
-            slot = torch.arange(num_concepts, device=text.device) - torch.searchsorted(sorted_image, sorted_image)
-            sorted_ids = concept_ids.sort().values
-            distinct = (sorted_ids[1:] != sorted_ids[:-1]).sum() + 1
-            stats += [tokens.sum(), tokens.min(), last_position, slot.max() + 1, distinct]
+            slots = image_slots(concept_image_index)[2].max() + 1
+            stats += [tokens.sum(), tokens.min(), last_position, slots, id_rows(concept_ids)[1].sum()]
         values = torch.stack(stats).tolist()
         if not num_concepts:
             return cls(values[0])
