@@ -1,4 +1,4 @@
-"""Concept extraction throughput (SPEC §2): captions per second of ``ConceptExtractor.extract_many``.
+"""Concept extraction throughput (README "Concepts in captions"): captions per second of ``ConceptExtractor.extract_many``.
 
     python benchmarks/concept_throughput.py [--num-captions 10000] [--batch-sizes 64 256 1000] [--n-process 1 2]
 

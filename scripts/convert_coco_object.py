@@ -1,4 +1,4 @@
-"""Build COCO-Object labels from COCO-Stuff-164k (EVAL_PROTOCOL.md §2, "COCO-Object conversion").
+"""Build COCO-Object labels from COCO-Stuff-164k (docs/evaluation.md, COCO-Object).
 
 Reads the raw 0-indexed COCO-Stuff PNGs (``annotations/<split>/<id>.png``, the files without "TrainIds" in
 their name, from stuffthingmaps_trainval2017.zip) and writes ``annotations/<split>/<id>_instanceTrainIds.png``

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# COCO Captions (2017) as img2dataset WebDataset shards, then SimZSS concept annotations (SPEC §2, §4).
+# COCO Captions (2017) as img2dataset WebDataset shards, then SimZSS concept annotations (README "Concepts in captions", docs/reproduce.md).
 #
 # Usage:
 #   scripts/download_coco.sh [--dry-run]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SimZSS on COCO Captions with the paper's recipe (SPEC §4; paper §4.1.3, Tables 12-13).
+# SimZSS on COCO Captions with the paper's recipe (docs/reproduce.md; paper §4.1.3, Tables 12-13).
 #
 # Usage:
 #   scripts/train_coco.sh [--dry-run] [extra training.main flags ...]
@@ -124,10 +124,6 @@ else
     PER_GPU_BATCH=$(( GLOBAL_BATCH / WORLD_SIZE ))
 fi
 [[ "$PER_GPU_BATCH" -gt 0 ]] || die "per-GPU batch is 0"
-if (( PER_GPU_BATCH > 1024 )) && [[ "$RANK0" == 1 ]]; then
-    echo "note: $PER_GPU_BATCH samples per GPU, more than the paper's 1,024 per die (38 GB for ViT-B/14):" \
-         "use GPUs of >= 80 GB, more processes, or add --grad-checkpointing" >&2
-fi
 if [[ -z "${LR:-}" ]]; then
     LR=$(calc 'base * batch / 256' -v base="$LR_BASE" -v batch="$GLOBAL_BATCH")
     LR_RULE="LR_BASE $LR_BASE x $GLOBAL_BATCH/256"
@@ -219,6 +215,10 @@ if [[ -n "${EVAL_DATA_ROOT:-}" ]]; then
               --output "$LOGS/$NAME/segmentation.json")
 fi
 
+if (( PER_GPU_BATCH > 1024 )) && [[ "$DRY_RUN" == 1 || "$RANK0" == 1 ]]; then
+    echo "note: $PER_GPU_BATCH samples per GPU, more than the paper's 1,024 per die (38 GB for ViT-B/14):" \
+         "use GPUs of >= 80 GB, more processes, or add --grad-checkpointing" >&2
+fi
 if [[ "$DRY_RUN" == 1 || "$RANK0" == 1 ]]; then
     {
         echo "# recipe: $MODEL, $SIMZSS_VARIANT loss, lambda $LAMBDA_CONCEPT; $WORLD_SIZE processes x $PER_GPU_BATCH =" \

@@ -18,10 +18,10 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, Mlp
 
 import open_clip_simzss
-from open_clip_simzss.checkpoint import (
-    CLIP_MEAN, CheckpointError, convert_reference_checkpoint, convert_reference_state_dict, load_model, mismatch,
-    model_structure,
-)
+from open_clip_simzss import CheckpointError, load_model, load_tokenizer
+from open_clip_simzss.loading import model_structure
+from open_clip_simzss.reference import CLIP_MEAN, convert_reference_checkpoint, convert_reference_state_dict
+from open_clip_simzss.weights import mismatch
 from open_clip_simzss.denoiser import DVTDenoiser, build_denoiser, load_denoiser_weights
 from open_clip_simzss.factory import resolve_model_config
 from open_clip_simzss.model import SimZSS
@@ -171,7 +171,8 @@ def test_convert_script_gives_equal_outputs(reference, tmp_path, monkeypatch):
         "type": "transformer", "grid_size": [9, 9], "num_heads": 3, "mlp_ratio": 4.0}
     assert config["preprocess_cfg"]["mean"] == list(CLIP_MEAN)  # what the reference trained with
 
-    model, tokenizer, _ = load_model(checkpoint=str(out))  # strict
+    model, _ = load_model(checkpoint=str(out))  # strict
+    tokenizer = load_tokenizer(model)
     image = torch.randn(2, 3, 112, 144, generator=torch.Generator().manual_seed(3))
     tokens = tokenizer(["a photo of a cat", "grass and sky"])
     with torch.no_grad():

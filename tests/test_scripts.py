@@ -84,6 +84,17 @@ def test_coco_recipe_defaults(stubs):
     assert flags["--train-data"] == "data/coco/concepts/{00000..00295}.tar"
     assert "--pretrained-image" in flags and flags["--resume"] == "latest"
     assert "global batch 16384" in proc.stderr and "warm-up" in proc.stderr
+    assert flags["--simzss-variant"] == "paper" and "paper loss" in proc.stderr
+    assert "2048 samples per GPU, more than the paper's 1,024" in proc.stderr  # 8 GPUs: twice the paper's per die
+
+
+def test_release_variant_and_its_refusal(stubs):
+    flags = training_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1, SIMZSS_VARIANT="release").stdout)[2]
+    assert flags["--simzss-variant"] == "release"
+    bad = run("scripts/train_coco.sh", stubs, DRY_RUN=1, SIMZSS_VARIANT="authors", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: SIMZSS_VARIANT=authors")
+    per_die = run("scripts/train_coco.sh", stubs, DRY_RUN=1, NUM_GPUS=16)
+    assert training_args(per_die.stdout)[2]["--batch-size"] == "1024" and "note:" not in per_die.stderr
 
 
 def test_printed_command_is_what_training_main_and_torchrun_accept(stubs):

@@ -32,8 +32,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .images import IMAGE_EXTENSIONS
+
 DTYPES = {"float16": np.float16, "float32": np.float32}
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def tower_fingerprint(model, preprocess_cfg: dict, dtype: str) -> str:
@@ -102,7 +103,7 @@ class FeatureCache:
                 if not member.isfile():
                     continue
                 key, _, ext = member.name.partition(".")
-                if ext.lower() in IMAGE_KEYS and key not in members:
+                if ext.lower() in IMAGE_EXTENSIONS and key not in members:
                     members[key] = tar.extractfile(member).read()
         for key, data in members.items():
             digest = hashlib.sha1(data).hexdigest()

@@ -60,7 +60,9 @@ class FrozenVisionTower(nn.Module):
         if pretrained_file:
             # timm's own loader reads timm- and original-format checkpoints (DINOv2 .pth or .safetensors),
             # with weights_only=True, and applies the model's checkpoint filter.
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
+            # custom_load=False: before timm 1.0.31 a tower whose timm config names an .npz file (AugReg, the
+            # tiny test tower) would send any local file to the .npz loader.
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file), custom_load=False)
             timm_model_pretrained = True
         self.trunk = timm.create_model(
             timm_model_name,

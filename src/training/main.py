@@ -16,6 +16,14 @@ from functools import partial
 
 import torch
 import open_clip
+
+from open_clip_simzss.extras import MissingExtraError, require_train_extra
+
+try:  # before OpenCLIP's trainer imports WebDataset: a missing [train] extra is one line, not a traceback
+    require_train_extra("python -m training.main")
+except MissingExtraError as error:
+    sys.exit(f"error: {error}")
+
 from open_clip_train.data import expand_urls, get_imagenet
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
