@@ -339,7 +339,7 @@ def build_blocks(app: SegmentApp):
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             return (f"<span id='status-error'>⚠ Segmentation failed ({type(e).__name__}); see the server log.</span>",
                     ) + empty
-        status = f"<span id='status-ok'>Segmented in {result.seconds:.1f} s.</span>"
+        status = f"<span id='status-ok' data-request='{result.folder.name}'>Segmented in {result.seconds:.1f} s.</span>"
         return status, str(result.overlay), legend_html(result), result.downloads, str(result.similarity), str(result.pca)
 
     with gr.Blocks(title="SimZSS: segment with any words", analytics_enabled=False,
