@@ -21,10 +21,16 @@ ade20k         ade/ADEChallengeData2016    images/validation/*.jpg, annotations/
 Label conventions: ignore index 255; ``reduce_zero_label`` (voc20, context59, ade20k) maps 0 -> 255 and
 x -> x - 1; with-background sets (voc21, context60, coco_object) keep 0 = background.
 
-Text class names come from ``data/classnames/<name>.txt``: one class per line, synonyms separated by ", ",
-background never listed (it is not a text class: docs/evaluation.md, "Background"). See ``data/classnames/README.md`` for the choices.
+Text class names come from a named set under ``data/classnames/`` (``CLASS_NAME_SETS``; data/classnames/README.md):
+``mmseg`` (default: the exact strings TCL feeds its text encoder, MMSeg 0.27 ``CLASSES``), ``readable`` or
+``synonyms``; or from a file of the same format (one class per line, synonyms separated by ","). Background is
+never listed (it is not a text class: docs/evaluation.md, "Background").
+
+``split="train"`` reads the training split of the same layout (VOC ``ImageSets/Segmentation/train.txt``,
+Context ``ImageSets/SegmentationContext/train.txt``, COCO ``train2017``, Cityscapes ``train``, ADE ``training``),
+used to select a background threshold away from the evaluated images (docs/evaluation.md, "Background").
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -34,6 +40,10 @@ from PIL import Image
 from .metrics import IGNORE_INDEX
 
 CLASSNAMES_DIR = Path(__file__).parent / "data" / "classnames"
+# Named class-name sets (data/classnames/README.md). "readable" is the first name of each "synonyms" line.
+CLASS_NAME_SETS = ("mmseg", "readable", "synonyms")
+DEFAULT_CLASS_NAMES = "mmseg"
+SPLITS = ("val", "train")
 # Tables 1-2 of the paper: the five sets without background, then the three with background.
 BENCHMARK_ORDER = ("voc20", "context59", "coco_stuff", "cityscapes", "ade20k", "context60", "coco_object", "voc21")
 PathLike = Union[str, Path]
@@ -56,6 +66,7 @@ class DatasetSpec:
     reduce_zero_label: bool
     recursive: bool = False
     hint: str = ""
+    train: Tuple[str, str, Optional[str]] = ("", "", None)  # img_dir, ann_dir, list file of the train split
 
     @property
     def layout(self) -> str:
@@ -70,24 +81,32 @@ _COCO_HINT = "COCO-Stuff 164k prepared with MMSeg's tools/convert_datasets/coco_
 _COCO_OBJECT_HINT = "make the *_instanceTrainIds.png labels with scripts/convert_coco_object.py"
 _CITY_HINT = "Cityscapes prepared with cityscapesscripts' createTrainIdLabelImgs"
 _ADE_HINT = "ADEChallengeData2016.zip extracted under ade/"
+_VOC_TRAIN = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt")
+_CONTEXT_TRAIN = ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext/train.txt")
+_COCO_TRAIN = ("images/train2017", "annotations/train2017", None)
 
 SPECS = {
     "voc20": DatasetSpec("voc20", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
-                         "ImageSets/Segmentation/val.txt", False, True, hint=_VOC_HINT),
+                         "ImageSets/Segmentation/val.txt", False, True, hint=_VOC_HINT, train=_VOC_TRAIN),
     "voc21": DatasetSpec("voc21", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
-                         "ImageSets/Segmentation/val.txt", True, False, hint=_VOC_HINT),
+                         "ImageSets/Segmentation/val.txt", True, False, hint=_VOC_HINT, train=_VOC_TRAIN),
     "context59": DatasetSpec("context59", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg",
-                             ".png", "ImageSets/SegmentationContext/val.txt", False, True, hint=_CONTEXT_HINT),
+                             ".png", "ImageSets/SegmentationContext/val.txt", False, True, hint=_CONTEXT_HINT,
+                             train=_CONTEXT_TRAIN),
     "context60": DatasetSpec("context60", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg",
-                             ".png", "ImageSets/SegmentationContext/val.txt", True, False, hint=_CONTEXT_HINT),
+                             ".png", "ImageSets/SegmentationContext/val.txt", True, False, hint=_CONTEXT_HINT,
+                             train=_CONTEXT_TRAIN),
     "coco_stuff": DatasetSpec("coco_stuff", "coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg",
-                              "_labelTrainIds.png", None, False, False, hint=_COCO_HINT),
+                              "_labelTrainIds.png", None, False, False, hint=_COCO_HINT, train=_COCO_TRAIN),
     "coco_object": DatasetSpec("coco_object", "coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg",
-                               "_instanceTrainIds.png", None, True, False, hint=_COCO_OBJECT_HINT),
+                               "_instanceTrainIds.png", None, True, False, hint=_COCO_OBJECT_HINT,
+                               train=_COCO_TRAIN),
     "cityscapes": DatasetSpec("cityscapes", "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
-                              "_gtFine_labelTrainIds.png", None, False, False, recursive=True, hint=_CITY_HINT),
+                              "_gtFine_labelTrainIds.png", None, False, False, recursive=True, hint=_CITY_HINT,
+                              train=("leftImg8bit/train", "gtFine/train", None)),
     "ade20k": DatasetSpec("ade20k", "ade/ADEChallengeData2016", "images/validation", "annotations/validation",
-                          ".jpg", ".png", None, False, True, hint=_ADE_HINT),
+                          ".jpg", ".png", None, False, True, hint=_ADE_HINT,
+                          train=("images/training", "annotations/training", None)),
 }
 
 
@@ -96,17 +115,22 @@ def list_datasets() -> List[str]:
     return list(BENCHMARK_ORDER)
 
 
-def load_class_names(name_or_path: PathLike) -> List[List[str]]:
-    """A class-name file: one class per line, synonyms separated by ",", '#' comments and blank lines skipped.
+def load_class_names(name_or_path: PathLike, class_set: str = DEFAULT_CLASS_NAMES) -> List[List[str]]:
+    """A class-name list: one class per line, synonyms separated by ",", '#' comments and blank lines skipped.
 
-    ``name_or_path`` is a benchmark name (our shipped list) or the path of such a file.
+    ``name_or_path`` is a benchmark name (the shipped list of ``class_set``, one of ``CLASS_NAME_SETS``) or the
+    path of such a file (``class_set`` is then ignored).
     """
     path = Path(name_or_path)
     if not path.is_file():
-        path = CLASSNAMES_DIR / f"{name_or_path}.txt"
+        if class_set not in CLASS_NAME_SETS:
+            raise DatasetError(f"unknown class-name set {class_set!r}; available: {', '.join(CLASS_NAME_SETS)} "
+                               "or a file")
+        folder = CLASSNAMES_DIR / ("synonyms" if class_set == "readable" else class_set)
+        path = folder / f"{name_or_path}.txt"
     if not path.is_file():
         raise DatasetError(f"no class-name file {name_or_path!r} (expected a file, or one of "
-                           f"{', '.join(sorted(p.stem for p in CLASSNAMES_DIR.glob('*.txt')))})")
+                           f"{', '.join(list_datasets())})")
     classes = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
@@ -115,6 +139,8 @@ def load_class_names(name_or_path: PathLike) -> List[List[str]]:
         classes.append([s.strip() for s in line.split(",") if s.strip()])
     if not classes:
         raise DatasetError(f"class-name file {path} lists no classes")
+    if class_set == "readable" and path.parent == CLASSNAMES_DIR / "synonyms":
+        classes = [syns[:1] for syns in classes]
     return classes
 
 
@@ -155,9 +181,11 @@ class SegmentationDataset:
     """
 
     def __init__(self, spec: DatasetSpec, root: Path, items: List[Tuple[Path, Path]],
-                 class_names: List[List[str]]):
+                 class_names: List[List[str]], class_name_set: str = "custom", split: str = "val"):
         self.spec = spec
         self.name = spec.name
+        self.split = split
+        self.class_name_set = class_name_set  # "mmseg", "readable", "synonyms", a file path or "custom"
         self.root = root
         self.items = items
         self.class_names = class_names
@@ -234,27 +262,45 @@ def _list_items(spec: DatasetSpec, folder: Path) -> List[Tuple[Path, Path]]:
     return items
 
 
-def get_dataset(name: str, root: PathLike, class_names: Optional[Union[PathLike, Sequence]] = None
-                ) -> SegmentationDataset:
+def _split_spec(spec: DatasetSpec, split: str) -> DatasetSpec:
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+    if split == "val":
+        return spec
+    img_dir, ann_dir, list_file = spec.train
+    return replace(spec, img_dir=img_dir, ann_dir=ann_dir, split=list_file)
+
+
+def get_dataset(name: str, root: PathLike, class_names: Optional[Union[PathLike, Sequence]] = None,
+                split: str = "val") -> SegmentationDataset:
     """The ``name`` benchmark (see ``list_datasets()``) under ``root``.
 
     Args:
-        class_names: override the shipped class-name list: a file path or a list of names/synonym lists.
+        class_names: a named set (``CLASS_NAME_SETS``; default ``"mmseg"``), a file path, or a list of
+            names/synonym lists. ``dataset.class_name_set`` records which.
+        split: "val" (the benchmark) or "train" (the same layout's training split; docs/evaluation.md).
     """
     if name not in SPECS:
         raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
-    spec = SPECS[name]
+    spec = _split_spec(SPECS[name], split)
     folder = _dataset_folder(spec, Path(root).expanduser())
     items = _list_items(spec, folder)
-    if class_names is None or isinstance(class_names, (str, Path)):
-        names = load_class_names(name if class_names is None else class_names)
+    if class_names is None:
+        class_names = DEFAULT_CLASS_NAMES
+    if isinstance(class_names, str) and class_names in CLASS_NAME_SETS:
+        names, used = load_class_names(name, class_names), class_names
+    elif isinstance(class_names, (str, Path)):
+        if not Path(class_names).is_file():
+            raise DatasetError(f"class names {str(class_names)!r}: not a file nor one of "
+                               f"{', '.join(CLASS_NAME_SETS)}")
+        names, used = load_class_names(class_names), str(class_names)
     else:
-        names = [[c] if isinstance(c, str) else list(c) for c in class_names]
+        names, used = [[c] if isinstance(c, str) else list(c) for c in class_names], "custom"
     expected = _NUM_TEXT_CLASSES[name]
     if len(names) != expected:
         raise DatasetError(f"{name}: {len(names)} class names given, the benchmark has {expected} text classes"
                            + (" (background is not a text class: leave it out)" if spec.has_background else ""))
-    return SegmentationDataset(spec, folder, items, names)
+    return SegmentationDataset(spec, folder, items, names, used, split)
 
 
 _NUM_TEXT_CLASSES = {"voc20": 20, "voc21": 20, "context59": 59, "context60": 59, "coco_stuff": 171,

@@ -65,6 +65,9 @@ DEFAULT_BACKGROUND_THRESHOLD = {"sigmoid": 0.55, "softmax": 0.2}
 BACKGROUND_SCORES = tuple(DEFAULT_BACKGROUND_THRESHOLD)
 DEFAULT_BACKGROUND_SCORE = "sigmoid"
 DEFAULT_BACKGROUND_SCALE = 40.0
+# Inference precision (docs/evaluation.md, "Precision"): "amp_bf16" autocasts the vision tower's forward on the
+# windows only; its dense tokens are cast to fp32 before normalising and scoring, the text classifier stays fp32.
+PRECISIONS = ("fp32", "amp_bf16")
 
 
 # --- geometry -------------------------------------------------------------------------------------------
@@ -150,6 +153,11 @@ def foreground_confidence(logits: torch.Tensor, background_score: str = DEFAULT_
     raise ValueError(f"background_score must be one of {BACKGROUND_SCORES}, got {background_score!r}")
 
 
+def sigmoid_threshold_of_cosine(cosine: float) -> float:
+    """The ``background_score="sigmoid"`` threshold that means "background where max cosine < ``cosine``"."""
+    return float(torch.sigmoid(torch.tensor(cosine, dtype=torch.float64)))
+
+
 def apply_background(labels: torch.Tensor, confidence: torch.Tensor, threshold: float) -> torch.Tensor:
     """MMSeg with-background labels: 0 where confidence < threshold, else foreground label + 1."""
     return torch.where(confidence < threshold, torch.zeros_like(labels), labels + 1)
@@ -182,6 +190,7 @@ class ZeroShotSegmenter:
         mean, std: image normalisation (default: the tower's own, ``open_clip.get_model_preprocess_cfg``).
         text_batch_size: prompts per text-tower forward when the classifier is built.
         max_chunk_elements: bound on the temporary elements of the full-resolution step of ``predict``.
+        precision: "fp32" or "amp_bf16" (bf16 autocast around the vision tower's forward only; ``PRECISIONS``).
     """
 
     def __init__(
@@ -205,7 +214,10 @@ class ZeroShotSegmenter:
             std: Optional[Sequence[float]] = None,
             text_batch_size: int = 256,
             max_chunk_elements: int = 1 << 24,
+            precision: str = "fp32",
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if background_score not in BACKGROUND_SCORES:
             raise ValueError(f"background_score must be one of {BACKGROUND_SCORES}, got {background_score!r}")
         if min(short_side, max_long_side, window, stride, window_batch_size) < 1:
@@ -221,6 +233,7 @@ class ZeroShotSegmenter:
         self.background_scale = float(background_scale)
         self.window_batch_size = int(window_batch_size)
         self.max_chunk_elements = int(max_chunk_elements)
+        self.precision = precision
         self.pamr = PAMR() if pamr else None
         self.class_names = synonym_lists(class_names)
         self.templates = get_templates(templates)
@@ -260,7 +273,8 @@ class ZeroShotSegmenter:
     # --- dense scores --------------------------------------------------------------------------------------
     def _patch_scores(self, crops: torch.Tensor) -> torch.Tensor:
         """Windows [N, 3, h, w] -> patch-level cosine scores [N, C, h/p, w/p]."""
-        tokens = self.model.encode_dense(crops.to(self.dtype), normalize=False)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "amp_bf16"):
+            tokens = self.model.encode_dense(crops.to(self.dtype), normalize=False)
         tokens = F.normalize(tokens.float(), dim=-1)
         return self.classifier.scores(tokens).permute(0, 3, 1, 2)
 
