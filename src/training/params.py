@@ -23,12 +23,16 @@ def simzss_parser() -> argparse.ArgumentParser:
                             "of normalised projected tokens, classifier-row queries, argmax targets), which "
                             "produced the published numbers (docs/method.md)")
     group.add_argument("--concept-bank", default="default",
-                       help="concept bank for on-the-fly extraction: 'default', 'none' or a file (one per line)")
+                       help="concept bank: 'default', 'none' or a file (one per line); the shards' concepts.json "
+                            "must have been made with the same one (checked)")
     group.add_argument("--spacy-model", default="en_core_web_sm",
-                       help="spaCy pipeline for on-the-fly extraction (the paper used en_core_web_trf)")
-    group.add_argument("--concept-source", choices=["auto", "shards", "spacy"], default="auto",
-                       help="auto: concepts.json from the shards when present, else spaCy in the loader workers; "
-                            "shards: concepts.json only; spacy: always extract on the fly")
+                       help="spaCy pipeline (the paper used en_core_web_trf); the shards' concepts.json must have "
+                            "been made with the same one (checked)")
+    group.add_argument("--concept-source", choices=["auto", "stored", "spacy", "shards"], default="auto",
+                       help="auto: the shards' concepts.json when present (refused if made with another bank or "
+                            "spaCy model), else spaCy in the loader workers; stored: concepts.json only (same "
+                            "check); spacy: ignore concepts.json and extract on the fly; shards: older name of "
+                            "stored")
     group.add_argument("--vision-weights", default=None,
                        help="local weights file for the vision tower (timm or original DINOv2 format); "
                             "default $SIMZSS_VISION_WEIGHTS, else --pretrained-image downloads them with timm")
@@ -77,6 +81,8 @@ def validate(args):
     if args.cache_vision_features and args.aug_cfg:
         raise ArgumentError("--cache-vision-features stores one encoding per image: it cannot be combined with "
                             "random image augmentation (--aug-cfg)")
+    if args.concept_source == "shards":
+        args.concept_source = "stored"
     if not args.model.startswith(("simzss", "local-dir:", "hf-hub:")):
         raise ArgumentError(f"--model {args.model}: not a SimZSS model (see open_clip_simzss.list_models())")
 
