@@ -4,6 +4,7 @@ Expected concepts were checked against what en_core_web_sm (en-core-web-sm-vbspa
 were chosen so that the parse is unambiguous.
 """
 
+import hashlib
 import os
 import pathlib
 
@@ -12,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from open_clip_simzss.concepts import (
+    EXTRACTOR_VERSION,
     Concept,
     ConceptBank,
     ConceptExtractor,
@@ -19,7 +21,10 @@ from open_clip_simzss.concepts import (
     align_concepts,
     clean_caption,
     load_spacy_model,
+    make_provenance,
     normalize_concept_text,
+    provenance_mismatch,
+    spacy_model_identity,
     stable_concept_id,
 )
 
@@ -232,11 +237,46 @@ def test_annotate_many_matches_annotate(extractor):
 def test_annotate_returns_the_concepts_json_schema(extractor):
     record = extractor.annotate("Two tennis rackets on a clay court.")
     assert record == {
-        "version": 1,
+        "version": 2,
         "caption": "two tennis rackets on a clay court.",
         "concepts": [{"text": "tennis racket", "id": extractor.bank.id_of("tennis racket"),
                       "spans": [[4, 10], [11, 18]], "positions": [2, 3, 4]}],
+        "provenance": {
+            "concept_bank": {"name": "default", "sha256": ConceptBank.default().sha256},
+            "spacy_model": {"name": "en_core_web_sm", "version": extractor.nlp.meta["version"]},
+            "extractor_version": EXTRACTOR_VERSION,
+        },
     }
+
+
+def test_bank_hash_is_sha256_of_the_normalised_entries_in_line_order(tmp_path):
+    bank_file = tmp_path / "bank.txt"
+    bank_file.write_text("# comment\nTennis_Racket\n\ndog\ndog\n", encoding="utf-8")
+    expected = hashlib.sha256(b"tennis racket\ndog\ndog").hexdigest()
+    assert ConceptBank.from_file(bank_file).sha256 == expected
+    assert ConceptBank(["tennis-racket", "DOG", "dog"]).sha256 == expected  # same entries, same ids
+    assert ConceptBank(["dog", "tennis racket"]).sha256 != expected  # other order: other ids
+    assert ConceptBank.none().sha256 is None
+
+
+def test_provenance_mismatch_names_what_differs(extractor, tmp_path):
+    stored = extractor.provenance
+    sm = spacy_model_identity("en_core_web_sm")
+    assert sm == {"name": "en_core_web_sm", "version": extractor.nlp.meta["version"]}
+    assert provenance_mismatch(stored, make_provenance(ConceptBank.default(), sm)) is None
+    (tmp_path / "copy.txt").write_text("\n".join(ConceptBank.default().names), encoding="utf-8")
+    assert provenance_mismatch(stored, make_provenance(ConceptBank.from_file(tmp_path / "copy.txt"), sm)) is None
+    digest = ConceptBank.default().sha256[:12]
+    assert provenance_mismatch(stored, make_provenance(ConceptBank.none(), sm)) == (
+        f"concept bank default (sha256 {digest}) at preprocessing vs --concept-bank none (open bank)")
+    trf = spacy_model_identity("xx_not_installed")
+    assert trf == {"name": "xx_not_installed", "version": None}
+    assert provenance_mismatch(stored, make_provenance(ConceptBank.default(), trf)) == (
+        f"spaCy model en_core_web_sm {sm['version']} at preprocessing vs --spacy-model xx_not_installed "
+        "(version unknown)")
+    other_version = {"name": "en_core_web_sm", "version": "0.0.1"}
+    assert "en_core_web_sm 0.0.1" in provenance_mismatch(stored, make_provenance(ConceptBank.default(), other_version))
+    assert "extractor version 0" in provenance_mismatch({**stored, "extractor_version": 0}, stored)
 
 
 # ------------------------------------------------------------------------------------------------ bank

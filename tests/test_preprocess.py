@@ -1,5 +1,6 @@
 """Preprocessing CLI: WebDataset shards in, the same shards plus concepts.json out (README, "Concepts in captions")."""
 
+import hashlib
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from open_clip_simzss.concepts import ConceptExtractor
+from open_clip_simzss.concepts import EXTRACTOR_VERSION, ConceptExtractor
 from open_clip_simzss.cli.preprocess import main
 from open_clip_simzss.preprocess import split_member_name
 
@@ -101,7 +102,7 @@ def test_round_trip_copies_every_member_and_adds_concepts(input_dir, tmp_path, e
             record = json.loads(data.decode("utf-8"))
             caption = CAPTIONS[split_member_name(member_name)[0]]
             if caption is None or caption.startswith(b"\xff"):
-                assert record == {"version": 1, "caption": "", "concepts": []}
+                assert record == {"version": 2, "caption": "", "concepts": [], "provenance": extractor.provenance}
             else:
                 assert record == extractor.annotate(caption.decode("utf-8"))  # on-the-fly == preprocessed
     records = {n: json.loads(d) for n, d in _read_members(output_dir / "00000.tar") if n.endswith("json")}
@@ -153,6 +154,21 @@ def test_output_is_readable_by_webdataset(input_dir, tmp_path):
     assert [sample["__key__"] for sample in samples] == [key for key, _ in SHARDS["00000.tar"]]
     record = json.loads(samples[0]["concepts.json"])
     assert [c["text"] for c in record["concepts"]] == ["tennis racket", "clay court"]
+    assert record["provenance"]["concept_bank"] == {"name": "none", "sha256": None}
+
+
+def test_records_and_stats_carry_the_provenance_of_the_bank_file(input_dir, tmp_path, extractor):
+    bank_file = tmp_path / "bank.txt"
+    bank_file.write_text("# two concepts\nbus\nTennis_Racket\n", encoding="utf-8")
+    output_dir = tmp_path / "out"
+    assert _run(input_dir, output_dir, "--concept-bank", str(bank_file)) == 0
+    expected = {"concept_bank": {"name": str(bank_file), "sha256": hashlib.sha256(b"bus\ntennis racket").hexdigest()},
+                "spacy_model": {"name": "en_core_web_sm", "version": extractor.nlp.meta["version"]},
+                "extractor_version": EXTRACTOR_VERSION}
+    records = [json.loads(d) for n, d in _read_members(output_dir / "00000.tar") if n.endswith("concepts.json")]
+    assert records and all(record["provenance"] == expected for record in records)
+    assert [c["text"] for c in records[1]["concepts"]] == ["bus"]
+    assert _stats(output_dir)["provenance"] == expected
 
 
 def test_resume_skips_finished_shards_and_redoes_unfinished_ones(input_dir, tmp_path):
