@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from open_clip_simzss.datasets import (
-    COCO_THING_IDS, DatasetError, get_dataset, list_datasets, load_class_names, read_label, stuff_to_object,
+    CLASS_NAME_SETS, COCO_THING_IDS, DatasetError, get_dataset, list_datasets, load_class_names,
+    read_label, stuff_to_object,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,33 +39,36 @@ def _label(path: Path, values, palette=False, size=(H, W)):
     im.save(path)
 
 
-def write_voc(root: Path, ids=("2007_000033", "2007_000032")):
+def write_voc(root: Path, ids=("2007_000033", "2007_000032"), train=("2007_000039", "2007_000063", "2007_000042")):
     base = root / "VOCdevkit" / "VOC2012"
-    for k, i in enumerate(ids):
+    for k, i in enumerate(ids + train):
         _image(base / "JPEGImages" / f"{i}.jpg", k)
         _label(base / "SegmentationClass" / f"{i}.png", RAW_VALUES["voc"], palette=True)
     (base / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    (base / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(train) + "\n")
     _image(base / "JPEGImages" / "2007_999999.jpg", 9)  # not in the split: must not be read
 
 
-def write_context(root: Path, ids=("2008_000002", "2008_000001")):
+def write_context(root: Path, ids=("2008_000002", "2008_000001"), train=("2008_000008",)):
     base = root / "VOCdevkit" / "VOC2010"
-    for k, i in enumerate(ids):
+    for k, i in enumerate(ids + train):
         _image(base / "JPEGImages" / f"{i}.jpg", k)
         _label(base / "SegmentationClassContext" / f"{i}.png", RAW_VALUES["context"])
     (base / "ImageSets" / "SegmentationContext").mkdir(parents=True, exist_ok=True)
     (base / "ImageSets" / "SegmentationContext" / "val.txt").write_text("\n".join(ids) + "\n")
+    (base / "ImageSets" / "SegmentationContext" / "train.txt").write_text("\n".join(train) + "\n")
 
 
-def write_coco(root: Path, ids=("000000000285", "000000000139")):
+def write_coco(root: Path, ids=("000000000285", "000000000139"), train=("000000000009",)):
     base = root / "coco_stuff164k"
-    for k, i in enumerate(ids):
-        _image(base / "images" / "val2017" / f"{i}.jpg", k)
-        _label(base / "annotations" / "val2017" / f"{i}_labelTrainIds.png", RAW_VALUES["coco_stuff"])
-        # raw 0-indexed COCO-Stuff map: person (0), bicycle (1), toothbrush (89), unused thing 11, stuff 91,
-        # unlabelled 255
-        _label(base / "annotations" / "val2017" / f"{i}.png", [0, 1, 89, 11, 91, 255])
+    for split, names in (("val2017", ids), ("train2017", train)):
+        for k, i in enumerate(names):
+            _image(base / "images" / split / f"{i}.jpg", k)
+            _label(base / "annotations" / split / f"{i}_labelTrainIds.png", RAW_VALUES["coco_stuff"])
+            # raw 0-indexed COCO-Stuff map: person (0), bicycle (1), toothbrush (89), unused thing 11, stuff 91,
+            # unlabelled 255
+            _label(base / "annotations" / split / f"{i}.png", [0, 1, 89, 11, 91, 255])
 
 
 def write_cityscapes(root: Path):
@@ -74,6 +78,9 @@ def write_cityscapes(root: Path):
         _image(base / "leftImg8bit" / "val" / city / f"{frame}_leftImg8bit.png", k)
         _label(base / "gtFine" / "val" / city / f"{frame}_gtFine_labelTrainIds.png", RAW_VALUES["cityscapes"])
         _label(base / "gtFine" / "val" / city / f"{frame}_gtFine_labelIds.png", [7, 8, 26, 0])  # decoy
+    _image(base / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png", 5)
+    _label(base / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png",
+           RAW_VALUES["cityscapes"])
 
 
 def write_ade(root: Path):
@@ -81,6 +88,8 @@ def write_ade(root: Path):
     for k, i in enumerate(["ADE_val_00000002", "ADE_val_00000001"]):
         _image(base / "images" / "validation" / f"{i}.jpg", k)
         _label(base / "annotations" / "validation" / f"{i}.png", RAW_VALUES["ade"])
+    _image(base / "images" / "training" / "ADE_train_00000001.jpg", 5)
+    _label(base / "annotations" / "training" / "ADE_train_00000001.png", RAW_VALUES["ade"])
 
 
 def convert_coco_object(root: Path):
@@ -89,6 +98,7 @@ def convert_coco_object(root: Path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main([str(root / "coco_stuff164k")]) == 0
+    assert script.main([str(root / "coco_stuff164k"), "--split", "train2017"]) == 0
     assert script.main([str(root / "nowhere")]) == 2
 
 
@@ -173,22 +183,61 @@ def test_coco_object_conversion(data_root):
 
 
 def test_class_name_files():
-    for name in list_datasets():
-        names = load_class_names(name)
-        assert all(syns and all(s == s.strip() and s for s in syns) for syns in names)
-        assert not any(s.lower() == "background" for syns in names for s in syns)
-    assert load_class_names("voc20")[19] == ["tv monitor", "television", "monitor", "screen"]
-    assert load_class_names("coco_stuff")[84] == ["building"]  # "building-other"
-    assert len(load_class_names("ade20k")) == 150
+    for class_set in CLASS_NAME_SETS:
+        for name in list_datasets():
+            names = load_class_names(name, class_set)
+            assert all(syns and all(s == s.strip() and s for s in syns) for syns in names)
+            assert not any(s.lower() == "background" for syns in names for s in syns)
+            assert class_set == "synonyms" or all(len(syns) == 1 for syns in names)
+    # default: the exact strings TCL feeds its text encoder (MMSeg 0.27 CLASSES, background dropped)
+    voc = [syns[0] for syns in load_class_names("voc20")]
+    assert voc[0] == "aeroplane" and voc[10] == "diningtable" and voc[15] == "pottedplant" and voc[19] == "tvmonitor"
+    assert load_class_names("voc21") == load_class_names("voc20")
+    assert load_class_names("context59")[54] == ["tvmonitor"] and len(load_class_names("context60")) == 59
+    assert load_class_names("ade20k")[44] == ["chest of drawers"] and len(load_class_names("ade20k")) == 150
+    assert load_class_names("coco_stuff")[84] == ["building-other"]
+    assert load_class_names("cityscapes")[6] == ["traffic light"]
+    assert load_class_names("coco_object")[4] == ["airplane"]  # TCL's COCO-Object list (CLIP-DINOiser: aeroplane)
+    # opt-in sets
+    assert load_class_names("voc20", "synonyms")[19] == ["tv monitor", "television", "monitor", "screen"]
+    assert load_class_names("voc20", "readable")[19] == ["tv monitor"]
+    assert load_class_names("coco_stuff", "readable")[84] == ["building"]
+    for name in ("voc20", "voc21", "context59", "context60"):  # "ship" is not a synonym of VOC's boat (README)
+        assert ["boat"] in load_class_names(name, "synonyms")
+    with pytest.raises(DatasetError, match="unknown class-name set"):
+        load_class_names("voc20", "fancy")
 
 
 def test_class_names_override(data_root, tmp_path):
+    assert get_dataset("voc20", data_root).class_name_set == "mmseg"
+    ds = get_dataset("voc20", data_root, class_names="synonyms")
+    assert ds.class_name_set == "synonyms" and ds.class_names[19][1] == "television"
+    assert get_dataset("voc20", data_root, class_names="readable").label_names[19] == "tv monitor"
     names = tmp_path / "names.txt"
     names.write_text("# my names\n" + "\n".join(f"thing {i}, alias {i}" for i in range(20)) + "\n")
     ds = get_dataset("voc20", data_root, class_names=names)
-    assert ds.class_names[3] == ["thing 3", "alias 3"]
+    assert ds.class_names[3] == ["thing 3", "alias 3"] and ds.class_name_set == str(names)
+    assert get_dataset("voc20", data_root, class_names=[f"c{i}" for i in range(20)]).class_name_set == "custom"
     with pytest.raises(DatasetError, match="20 text classes"):
         get_dataset("voc21", data_root, class_names=["background"] + [f"c{i}" for i in range(20)])
+    with pytest.raises(DatasetError, match="not a file nor one of mmseg, readable, synonyms"):
+        get_dataset("voc20", data_root, class_names="fancy")
+
+
+@pytest.mark.parametrize("name, first", [
+    ("voc21", "2007_000039.jpg"), ("voc20", "2007_000039.jpg"), ("context60", "2008_000008.jpg"),
+    ("coco_stuff", "000000000009.jpg"), ("coco_object", "000000000009.jpg"),
+    ("cityscapes", "aachen_000000_000019_leftImg8bit.png"), ("ade20k", "ADE_train_00000001.jpg"),
+])
+def test_train_split_layouts(data_root, name, first):
+    ds = get_dataset(name, data_root, split="train")
+    assert ds.split == "train" and ds.items[0][0].name == first
+    assert all("val" not in str(p.relative_to(data_root)) for pair in ds.items for p in pair)
+    assert ds[0][1].shape == (H, W)
+    if name.startswith("voc"):  # the list file's order
+        assert [p.stem for p, _ in ds.items] == ["2007_000039", "2007_000063", "2007_000042"]
+    with pytest.raises(DatasetError, match="unknown split"):
+        get_dataset(name, data_root, split="test")
 
 
 def test_missing_or_malformed_folders_say_what_was_expected(tmp_path):

@@ -1,54 +1,78 @@
 """Zero-shot segmentation evaluation over the benchmarks (docs/evaluation.md); the command is
 ``simzss-evaluate`` (``python -m open_clip_simzss.evaluate``).
 
-:func:`evaluate_dataset` runs a ``ZeroShotSegmenter`` over one dataset and accumulates mIoU; on with-background
-sets (voc21, context60, coco_object) it scores every threshold of a sweep from one forward pass per image and
-reports the set at its best threshold (chosen on the evaluated split: say so when quoting it; every threshold's
-mIoU is in the result). :func:`print_dataset` and :func:`paper_row` format the results as the paper's tables.
+:func:`evaluate_dataset` runs a ``ZeroShotSegmenter`` over one dataset and accumulates mIoU. On with-background
+sets (voc21, context60, coco_object) it scores every threshold of a sweep from one forward pass per image,
+selects the best one on a selection set (the training split, a held-out head of the evaluated split, or, when
+none is given, the evaluated images themselves: then labelled "selected on the test split") and reports the
+evaluated images at that threshold. :func:`print_dataset` and :func:`paper_row` format the results as the
+paper's tables.
 """
 import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
 from .datasets import BENCHMARK_ORDER, DatasetError, SegmentationDataset
 from .metrics import IoUAccumulator, ThresholdSweep
-from .segmentation import ZeroShotSegmenter
+from .segmentation import ZeroShotSegmenter, sigmoid_threshold_of_cosine
 
 COLUMN_TITLES = {"voc20": "VOC20", "context59": "Context59", "coco_stuff": "COCO-Stuff", "cityscapes": "Cityscapes",
                  "ade20k": "ADE20K", "context60": "Context60", "coco_object": "COCO-Object", "voc21": "VOC21"}
 
+# Default background threshold per with-background set and confidence kind (docs/evaluation.md, "Background"):
+# sigmoid = Talk2DINO ViT-B (sigmoid(cos) < 0.55, i.e. cos < 0.2007, on all three sets); softmax = ProxyCLIP
+# (max softmax(40 cos) < prob_thd). Taken from those methods: NOT calibrated for SimZSS (use a sweep).
+BACKGROUND_THRESHOLDS = {
+    "voc21": {"sigmoid": 0.55, "softmax": 0.2},
+    "context60": {"sigmoid": 0.55, "softmax": 0.15},
+    "coco_object": {"sigmoid": 0.55, "softmax": 0.25},
+}
 
-def _prefetched(dataset: SegmentationDataset, n: int, workers: int):
-    """(index, (image, label)) for the first n items, decoded ahead in threads (Pillow releases the GIL while
+
+def sweep_thresholds(grid: Sequence[float], background_score: str) -> List[float]:
+    """Thresholds on the foreground confidence for a sweep grid: for ``sigmoid`` the grid is in cosine units
+    (c -> sigmoid(c), i.e. background where max cosine < c); the ``softmax`` confidence is not a function of the
+    max cosine, so its grid is in its own (probability) units."""
+    if background_score == "sigmoid":
+        if any(not -1 <= c <= 1 for c in grid):
+            raise ValueError("a --background-sweep grid is in cosine units: values must be in [-1, 1]")
+        return [sigmoid_threshold_of_cosine(c) for c in grid]
+    if any(not 0 <= t <= 1 for t in grid):
+        raise ValueError("a softmax --background-sweep grid is in probability units: values must be in [0, 1]")
+    return [float(t) for t in grid]
+
+
+def _prefetched(dataset: SegmentationDataset, indices: Sequence[int], workers: int):
+    """(index, (image, label)) for ``indices``, decoded ahead in threads (Pillow releases the GIL while
     decoding; a Cityscapes PNG pair takes tens of ms)."""
     if workers < 1:
-        for i in range(n):
+        for i in indices:
             yield i, dataset[i]
         return
+    indices = list(indices)
     with ThreadPoolExecutor(workers) as pool:
-        pending = deque(pool.submit(dataset.__getitem__, i) for i in range(min(n, 2 * workers)))
-        for i in range(n):
+        pending = deque(pool.submit(dataset.__getitem__, i) for i in indices[:2 * workers])
+        for k, i in enumerate(indices):
             item = pending.popleft().result()
-            if i + len(pending) + 1 < n:
-                pending.append(pool.submit(dataset.__getitem__, i + len(pending) + 1))
+            if k + len(pending) + 1 < len(indices):
+                pending.append(pool.submit(dataset.__getitem__, indices[k + len(pending) + 1]))
             yield i, item
 
 
-def evaluate_dataset(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, thresholds: List[float],
-                     limit: Optional[int] = None, progress: bool = True, workers: int = 2) -> Dict:
-    """Run the segmenter over the dataset; returns the result dict of one dataset (see ``main``)."""
-    n = len(dataset) if limit is None else min(limit, len(dataset))
+def _accumulate(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, indices: Sequence[int],
+                thresholds: List[float], progress: bool, workers: int, desc: str):
+    """Feed the images at ``indices`` through the segmenter: a ThresholdSweep on with-background sets, else an
+    IoUAccumulator."""
     if dataset.has_background:
         acc = ThresholdSweep(dataset.num_classes, thresholds, dataset.ignore_index)
     else:
         acc = IoUAccumulator(dataset.num_classes, dataset.ignore_index)
-    start = time.perf_counter()
-    items = _prefetched(dataset, n, workers)
-    for i, (image, label) in tqdm(items, total=n, desc=dataset.name, unit="img", disable=not progress,
+    items = _prefetched(dataset, indices, workers)
+    for i, (image, label) in tqdm(items, total=len(indices), desc=desc, unit="img", disable=not progress,
                                   file=sys.stderr):
         if image.shape[:2] != label.shape:
             raise DatasetError(f"{dataset.name}: image {dataset.items[i][0]} is {image.shape[1]}x{image.shape[0]} "
@@ -58,19 +82,69 @@ def evaluate_dataset(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset,
             acc.update(fg, conf, label)
         else:
             acc.update(fg, label)
-    result = {"num_images": n, "num_classes": dataset.num_classes, "seconds": round(time.perf_counter() - start, 2)}
-    if dataset.has_background:
-        best = acc.best()
-        result.update(acc.accumulators[best].summary(dataset.label_names))
-        result["background"] = {
-            "score": segmenter.background_score,
-            "scale": segmenter.background_scale if segmenter.background_score == "softmax" else None,
-            "threshold": acc.thresholds[best],
-            "sweep": [{"threshold": t, "miou": _r(m)} for t, m in zip(acc.thresholds, acc.mious())],
-        }
-    else:
+    return acc
+
+
+def evaluate_dataset(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, thresholds: List[float],
+                     limit: Optional[int] = None, progress: bool = True, workers: int = 2,
+                     select_on: Optional[SegmentationDataset] = None, selection_images: int = 0,
+                     cosines: Optional[List[float]] = None) -> Dict:
+    """Run the segmenter over the dataset; returns the result dict of one dataset (see ``cli.evaluate``).
+
+    With several ``thresholds`` on a with-background set, the threshold is selected on the first
+    ``selection_images`` images of ``select_on``; when ``select_on`` is ``dataset`` itself, those images are
+    held out (not in the reported mIoU). Without ``select_on`` it is selected on the reported images, and the
+    result says "selected on the test split". ``cosines``: the sweep grid in cosine units, recorded beside each
+    threshold. ``limit`` bounds the number of reported images.
+    """
+    sweeping = dataset.has_background and len(thresholds) > 1
+    start_index = 0
+    selection = None
+    if sweeping and select_on is not None:
+        if selection_images < 1:
+            raise ValueError("selection_images must be positive")
+        held_out = select_on is dataset
+        n_sel = min(selection_images, len(select_on))
+        if held_out:
+            if n_sel >= len(dataset):
+                raise DatasetError(f"{dataset.name}: selecting on {selection_images} of its {len(dataset)} "
+                                   "images leaves none to evaluate")
+            start_index = n_sel
+        selection = _accumulate(segmenter, select_on, range(n_sel), thresholds, progress, workers,
+                                f"{dataset.name} (select on {select_on.split})")
+        where = f"{select_on.split}[:{n_sel}]" + (" (held out of the reported images)" if held_out else "")
+    stop = len(dataset) if limit is None else min(len(dataset), start_index + limit)
+    start = time.perf_counter()
+    acc = _accumulate(segmenter, dataset, range(start_index, stop), thresholds, progress, workers, dataset.name)
+    result = {"num_images": stop - start_index, "first_image": start_index, "num_classes": dataset.num_classes,
+              "class_names": dataset.class_name_set, "seconds": round(time.perf_counter() - start, 2)}
+    if not dataset.has_background:
         result.update(acc.summary(dataset.label_names))
         result["background"] = None
+        return result
+    if not sweeping:
+        chosen, selected_on = 0, None
+    elif selection is None:
+        chosen, selected_on = acc.best(), f"test split ({dataset.split}, the reported images)"
+    else:
+        chosen, selected_on = selection.best(), where
+    result.update(acc.accumulators[chosen].summary(dataset.label_names))
+    sweep = []
+    for k, (t, m) in enumerate(zip(acc.thresholds, acc.mious())):
+        row = {"threshold": t, "miou": _r(m)}
+        if cosines is not None:
+            row = {"cosine": cosines[k], **row}
+        if selection is not None:
+            row["selection_miou"] = _r(selection.mious()[k])
+        sweep.append(row)
+    result["background"] = {
+        "score": segmenter.background_score,
+        "scale": segmenter.background_scale if segmenter.background_score == "softmax" else None,
+        "threshold": acc.thresholds[chosen],
+        "cosine": cosines[chosen] if cosines is not None else None,
+        "selected_on": selected_on,
+        "sweep": sweep,
+    }
     return result
 
 
@@ -84,17 +158,28 @@ def _fmt(x: Optional[float]) -> str:
 
 def print_dataset(name: str, result: Dict, per_class: bool = True, out=None):
     out = out or sys.stdout  # resolved per call: sys.stdout may be replaced (pytest capture, redirection)
-    print(f"\n== {name}: mIoU {_fmt(result['miou'])} ({result['num_images']} images, "
-          f"{result['num_classes']} classes, {result['seconds']} s)", file=out)
+    first = f", from image {result['first_image']}" if result.get("first_image") else ""
+    print(f"\n== {name}: mIoU {_fmt(result['miou'])} ({result['num_images']} images{first}, "
+          f"{result['num_classes']} classes, class names {result['class_names']}, {result['seconds']} s)", file=out)
     bg = result["background"]
     if bg:
-        print(f"background: {bg['score']}" + (f" (scale {bg['scale']:g})" if bg["scale"] else "")
-              + f", threshold {bg['threshold']:g}", file=out)
+        line = (f"background: {bg['score']}" + (f" (scale {bg['scale']:g})" if bg["scale"] else "")
+                + f", threshold {bg['threshold']:.4g}"
+                + (f" (cosine {bg['cosine']:g})" if bg["cosine"] is not None else ""))
+        if bg["selected_on"]:
+            line += f", selected on the {bg['selected_on']}"
+        elif bg.get("source"):
+            line += f" ({bg['source']})"
+        print(line, file=out)
         if len(bg["sweep"]) > 1:
-            print("threshold  mIoU", file=out)
+            cos = bg["sweep"][0].get("cosine") is not None
+            sel = "selection_miou" in bg["sweep"][0]
+            print(("  cosine" if cos else "") + "  threshold" + ("  selection" if sel else "") + "   mIoU", file=out)
             for row in bg["sweep"]:
-                mark = "  <- best" if row["threshold"] == bg["threshold"] else ""
-                print(f"{row['threshold']:9.4g}  {_fmt(row['miou'])}{mark}", file=out)
+                mark = "  <- selected" if row["threshold"] == bg["threshold"] else ""
+                print((f"{row['cosine']:8.4g}" if cos else "") + f"  {row['threshold']:9.4g}"
+                      + (f"  {_fmt(row['selection_miou']):>9}" if sel else "") + f"  {_fmt(row['miou'])}{mark}",
+                      file=out)
     if per_class:
         width = max(len(c) for c in result["per_class"])
         print(f"{'class':<{width}}  IoU", file=out)
