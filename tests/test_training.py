@@ -30,12 +30,25 @@ def shards(tmp_path_factory, extractor):
     return {
         "clean": write_shards(root / "clean", 2, BATCH, annotate=extractor.annotate),
         "raw": write_shards(root / "raw", 2, BATCH),
+        "one": write_shards(root / "one", 1, BATCH, annotate=extractor.annotate),
+        # format version 1 (no provenance), with three bad rows per sample: past the end of text, negative id,
+        # id outside the bank
+        "old": write_shards(root / "old", 1, BATCH, annotate=lambda caption: old_record_with_bad_rows(
+            extractor, caption)),
         # one shard of 3 x BATCH samples, 2 x BATCH of them corrupt: the sample shuffle decides where the good
         # ones are, and the one batch reads past at least one corrupt sample unless all 8 good ones come first
         # (probability 1 / C(24, 8) ~ 1e-6)
         "corrupt": write_shards(root / "corrupt", 1, 3 * BATCH, annotate=extractor.annotate,
                                 corrupt_keys={f"{i:09d}" for i in range(3 * BATCH) if i % 3}),
     }
+
+
+def old_record_with_bad_rows(extractor, caption):
+    record = extractor.annotate(caption)
+    del record["provenance"]
+    bad = [{"text": "dog", "id": 0, "spans": [], "positions": [70]}, {"text": "dog", "id": -1, "positions": [2]},
+           {"text": "dog", "id": extractor.bank.num_ids, "positions": [2]}]
+    return {**record, "version": 1, "concepts": record["concepts"] + bad}
 
 
 def run(tmp_path, name, data, *extra, samples=2 * BATCH):
@@ -202,3 +215,88 @@ def test_dry_run_prints_the_recipe_without_data(monkeypatch, capsys):
     # a denoiser file for a model without a denoiser is a mistake
     assert cli(["--model", "simzss-vitb14", "--dry-run", "--denoiser-weights", "/data/dvt.pth"]) == 2
     assert "has no DVT denoiser" in capsys.readouterr().err
+
+
+def test_decoder_drops_and_counts_bad_concept_rows(extractor, tokenizer):
+    caption = "a red dog on the grass"  # 6 words: <end_of_text> at position 7
+    good = extractor.annotate(caption)
+    assert [c["positions"] for c in good["concepts"]] == [[3], [6]]
+    rows = good["concepts"] + [
+        {"id": 1, "positions": [7]},  # the <end_of_text> token itself
+        {"id": 1, "positions": [2, 12]},  # past it (padding)
+        {"id": 1, "positions": [0]},  # the start token
+        {"id": 1, "positions": []},
+        {"id": -1, "positions": [3]},
+        {"id": extractor.bank.num_ids, "positions": [3]},
+    ]
+    records = [json.dumps({**good, "concepts": rows}).encode(), b"{not json"]
+    decoder = SampleDecoder(lambda img: torch.zeros(1), tokenizer, with_concepts=True,
+                            num_concept_ids=extractor.bank.num_ids)
+    tokens = tokenizer([caption])[0]
+    kept = [decoder.concept_rows({"concepts.json": record}, caption, tokens) for record in records]
+    assert kept == [[(c["id"], c["positions"]) for c in good["concepts"]], []]
+    assert decoder.counter.bad_concepts == 6 + 1
+
+
+def test_missing_bank_file_is_refused_before_data_is_read(tmp_path, capsys):
+    argv = ["--model", "simzss-tiny", "--train-data", str(tmp_path / "no-such-shards/{00000..00001}.tar"),
+            "--train-num-samples", "8", "--logs", str(tmp_path / "logs"), "--name", "x",
+            "--concept-bank", str(tmp_path / "missing.txt")]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: concept bank file not found: {tmp_path / 'missing.txt'}\n"
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--concept-bank", "none"], "another concept bank default (sha256 {digest}) at preprocessing vs --concept-bank "
+                                 "none (open bank): train with --concept-source spacy"),
+    (["--concept-bank", "BANK"], "another concept bank default (sha256 {digest}) at preprocessing vs --concept-bank "
+                                 "BANK (sha256 "),
+    (["--spacy-model", "en_core_web_trf"], "another spaCy model en_core_web_sm {version} at preprocessing vs "
+                                           "--spacy-model en_core_web_trf"),
+    (["--concept-source", "stored", "--train-data", "RAW"], "--concept-source stored: the first sample of "),
+])
+def test_concepts_made_with_other_flags_are_refused_in_one_line(flags, message, tmp_path, shards, extractor,
+                                                                capsys):
+    bank_file = tmp_path / "bank.txt"
+    bank_file.write_text("dog\ncat\n", encoding="utf-8")
+    flags = [str(bank_file) if f == "BANK" else shards["raw"] if f == "RAW" else f for f in flags]
+    message = message.replace("BANK", str(bank_file)).format(
+        digest=extractor.bank.sha256[:12], version=extractor.nlp.meta["version"])
+    argv = ["--model", "simzss-tiny", "--train-data", shards["one"], "--train-num-samples", str(BATCH),
+            "--batch-size", str(BATCH), "--workers", "1", "--logs", str(tmp_path / "logs"), "--name", "x", *flags]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert "re-run simzss-preprocess" in err and not (tmp_path / "logs").exists()
+
+
+def test_mismatch_exits_non_zero_from_the_command_line(tmp_path, shards):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "training.main", "--model", "simzss-tiny", "--train-data",
+                             shards["one"], "--train-num-samples", str(BATCH), "--batch-size", str(BATCH),
+                             "--logs", str(tmp_path / "logs"), "--concept-bank", "none"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: the concepts.json of ") and len(result.stderr.splitlines()) == 1
+    assert "--concept-bank none (open bank)" in result.stderr
+
+
+def test_concept_source_spacy_re_extracts_with_the_flags(tmp_path, shards):
+    """The stored concepts (default bank) would give several concepts per caption; a bank of "bus" gives one per
+    batch: the one caption of the shard that has a bus."""
+    bank_file = tmp_path / "bus.txt"
+    bank_file.write_text("bus\n", encoding="utf-8")
+    log_dir, history = run(tmp_path, "spacy", shards["one"], "--epochs", "1", "--concept-bank", str(bank_file),
+                           "--concept-source", "spacy", samples=BATCH)
+    assert [h["num_concepts"] for h in history] == [1]  # the stored ones: dog, grass, bus, road, ...
+    assert "extracted on the fly with --concept-bank " in (log_dir / "out.log").read_text()
+
+
+def test_old_concepts_json_is_accepted_with_a_warning_and_bad_rows_counted(tmp_path, shards):
+    log_dir, history = run(tmp_path, "old", shards["old"], "--epochs", "1", samples=BATCH)
+    assert len(history) == 1 and history[0]["num_concepts"] > 0
+    log = (log_dir / "out.log").read_text()
+    assert "have no provenance (format version 1): their concept bank and spaCy model cannot be checked" in log
+    assert f"{3 * BATCH} bad concepts ignored so far" in log

@@ -270,11 +270,11 @@ def recipe(args, argv) -> list:
 def main(argv):
     args = parse_args(argv)
     bank = load_concept_bank(args)
-    concepts_note = check_stored_concepts(args, bank)
     if args.dry_run:
         for name, value in recipe(args, argv):
             print(f"{name}: {value}")
         return 0
+    concepts_note = check_stored_concepts(args, bank)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
