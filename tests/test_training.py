@@ -300,3 +300,12 @@ def test_old_concepts_json_is_accepted_with_a_warning_and_bad_rows_counted(tmp_p
     log = (log_dir / "out.log").read_text()
     assert "have no provenance (format version 1): their concept bank and spaCy model cannot be checked" in log
     assert f"{3 * BATCH} bad concepts ignored so far" in log
+
+
+def test_missing_spacy_model_for_on_the_fly_extraction_is_refused_in_one_line(tmp_path, shards, capsys):
+    argv = ["--model", "simzss-tiny", "--train-data", shards["raw"], "--train-num-samples", str(BATCH),
+            "--batch-size", str(BATCH), "--logs", str(tmp_path / "logs"), "--spacy-model", "xx_no_such_model"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: spaCy model 'xx_no_such_model' is not installed; install it with: ")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "logs").exists()

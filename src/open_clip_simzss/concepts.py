@@ -50,6 +50,7 @@ __all__ = [
     "make_provenance",
     "normalize_concept_text",
     "provenance_mismatch",
+    "require_spacy_model",
     "spacy_model_identity",
     "stable_concept_id",
 ]
@@ -342,10 +343,7 @@ def load_spacy_model(name: str = DEFAULT_SPACY_MODEL):
     require_train_extra("concept extraction (spaCy)", ("spacy",))
     import spacy
 
-    candidate = _installed_spacy_model(name)
-    if candidate is None:
-        raise SpacyModelNotFoundError(
-            f"spaCy model {name!r} is not installed; install it with: {_install_hint(name)}")
+    candidate = require_spacy_model(name)
     try:
         # NER is never used; excluding it (not just disabling) also skips loading its weights.
         return spacy.load(candidate, exclude=["ner"])
@@ -354,6 +352,15 @@ def load_spacy_model(name: str = DEFAULT_SPACY_MODEL):
             f"spaCy model {name!r} could not be loaded from {candidate!r} ({error}); "
             f"install it with: {_install_hint(name)}"
         ) from None
+
+
+def require_spacy_model(name: str) -> str:
+    """The installed package or directory ``load_spacy_model(name)`` loads, without loading it; raises
+    SpacyModelNotFoundError naming the package to install."""
+    candidate = _installed_spacy_model(name)
+    if candidate is None:
+        raise SpacyModelNotFoundError(f"spaCy model {name!r} is not installed; install it with: {_install_hint(name)}")
+    return candidate
 
 
 def _installed_spacy_model(name: str) -> Optional[str]:

@@ -34,6 +34,7 @@ from PIL import Image
 from .extras import require_train_extra
 from .images import IMAGE_EXTENSIONS
 from .model import BatchSizes
+from .preprocess import split_member_name
 
 require_train_extra("training", ("webdataset",))  # one clear line instead of an ImportError
 
@@ -100,8 +101,6 @@ def first_concepts_record(url: str) -> Optional[dict]:
     """The ``concepts.json`` of the first sample of the shard at ``url`` (a path or WebDataset URL such as
     ``pipe:...``), or None when that sample has none. Reads the tar as a stream up to the second sample only.
     Raises OSError / tarfile.TarError for an unreadable shard and ValueError for a record that is not JSON."""
-    from .preprocess import split_member_name
-
     first_key = None
     with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
         for member in archive:

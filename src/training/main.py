@@ -34,7 +34,10 @@ from open_clip_train.train import evaluate
 
 import open_clip_simzss
 from open_clip_simzss.compat import fix_open_clip_zero_shot
-from open_clip_simzss.concepts import ConceptBank, make_provenance, provenance_mismatch, spacy_model_identity
+from open_clip_simzss.concepts import (
+    ConceptBank, SpacyModelNotFoundError, make_provenance, provenance_mismatch, require_spacy_model,
+    spacy_model_identity,
+)
 from open_clip_simzss.data import SkipTally, first_concepts_record, get_wds_dataset
 from open_clip_simzss.feature_cache import FeatureCache
 from open_clip_simzss.denoiser import DENOISER_WEIGHTS_ENV
@@ -62,6 +65,7 @@ def check_stored_concepts(args, bank) -> tuple:
     if not args.train_data or args.lambda_concept == 0:
         return logging.DEBUG, "concepts: not used"
     if args.concept_source == "spacy":
+        require_spacy_model_installed(args.spacy_model)
         return logging.INFO, f"concepts: extracted on the fly with {flags} (--concept-source spacy)"
     shard = expand_urls(args.train_data)[0][0]
     try:
@@ -72,6 +76,7 @@ def check_stored_concepts(args, bank) -> tuple:
     if record is None:
         if args.concept_source == "stored":
             raise ArgumentError(f"--concept-source stored: the first sample of {shard} has no concepts.json; {fix}")
+        require_spacy_model_installed(args.spacy_model)
         return logging.INFO, f"concepts: {shard} has no concepts.json, extracting them on the fly with {flags}"
     stored = record.get("provenance") if isinstance(record, dict) else None
     if not isinstance(stored, dict):
@@ -81,6 +86,14 @@ def check_stored_concepts(args, bank) -> tuple:
     if mismatch:
         raise ArgumentError(f"the concepts.json of {shard} were made with another {mismatch}: {fix}")
     return logging.INFO, f"concepts: the concepts.json of {shard} were made with {flags}"
+
+
+def require_spacy_model_installed(name):
+    """Refuse a missing spaCy model here, in one line, rather than as a traceback from a loader worker."""
+    try:
+        require_spacy_model(name)
+    except SpacyModelNotFoundError as error:
+        raise ArgumentError(str(error)) from None
 
 
 def load_concept_bank(args):
