@@ -327,3 +327,20 @@ def test_classifier_is_the_renormalised_mean_of_full_length_prompt_embeddings(ti
             feats = F.normalize(tiny_model._encode_text_both(tokenizer(prompts), trim=False)[0], dim=-1)
         rows.append(F.normalize(feats.mean(0), dim=-1))
     torch.testing.assert_close(fast.weights, torch.stack(rows), atol=1e-5, rtol=1e-4)
+
+
+def test_amp_bf16_autocasts_the_tower_only_and_agrees_with_fp32(tiny_model, tokenizer):
+    names = ["dog", "cat", "grass", "sky", "car"]
+    kw = dict(templates="photo1", short_side=64, window=64, stride=32)
+    fp32 = ZeroShotSegmenter(tiny_model, tokenizer, names, **kw)
+    bf16 = ZeroShotSegmenter(tiny_model, tokenizer, names, precision="amp_bf16", **kw)
+    torch.testing.assert_close(bf16.classifier.weights, fp32.classifier.weights)  # classifier built in fp32
+    assert bf16.classifier.weights.dtype == torch.float32
+    image = random_image(70, 100, seed=3)
+    a, b = fp32.logits(image), bf16.logits(image)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)  # the tower did run in bf16
+    assert (a - b).abs().max() < 0.01
+    agree = (fp32.predict(image) == bf16.predict(image)).float().mean()
+    assert agree > 0.9, agree
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ZeroShotSegmenter(tiny_model, tokenizer, names, precision="bf16", **kw)
