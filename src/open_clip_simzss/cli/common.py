@@ -152,7 +152,8 @@ def add_protocol_args(p: argparse.ArgumentParser, background_default: Optional[s
                                 f"({background_default}; default per score: {DEFAULT_BACKGROUND_THRESHOLD})")
     if evaluation:
         threshold.add_argument("--background-sweep", metavar="START:STOP:STEP",
-                               help="evaluate many thresholds from one pass, e.g. 0.1:0.9:0.05 (or a comma list)")
+                               help="evaluate many thresholds from one pass: a grid in cosine units with the sigmoid score "
+                                    "(e.g. 0.0:0.4:0.01; probability units with softmax), or a comma list")
     g.add_argument("--background-score", choices=BACKGROUND_SCORES, default=DEFAULT_BACKGROUND_SCORE,
                    help="foreground confidence: sigmoid(max cosine) or max softmax(scale * cosine)")
     g.add_argument("--background-scale", type=float, default=DEFAULT_BACKGROUND_SCALE,
