@@ -236,3 +236,11 @@ def test_cli_local_dir_model_brings_its_own_weights(data_root, checkpoint, tmp_p
     assert rc == 0, err
     assert "random weights" not in err
     assert json.loads(out.read_text())["random_weights"] is False
+
+
+def test_sweep_on_val_must_leave_images_to_report(data_root, capsys):
+    rc = evaluate.main(["--model", "simzss-tiny", "--dataset", "voc21", "--data-root", str(data_root),
+                        "--background-sweep", "0:0.2:0.1", "--sweep-on", "val:2", "--quiet", *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "voc21: selecting on 2 of its 2 images leaves none to evaluate" in err
+    assert "Traceback" not in err and err.count("\n") == 2  # the random-weights warning, then the error
