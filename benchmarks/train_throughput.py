@@ -10,7 +10,7 @@ What runs: ``python -m training.main`` as a user would start it, once with ``--l
 once with ``--lambda-concept 0`` (LiT, which reads no concepts), with the same model, batch, precision, loader
 workers and seed, on img2dataset-style WebDataset shards written here: 256x320 JPEGs (the size
 ``scripts/download_coco.sh`` stores), COCO-like captions and ``concepts.json`` precomputed with the project's
-spaCy extractor (as ``open_clip_simzss.preprocess`` writes them; ``--concept-source shards``). Shards are
+spaCy extractor (as ``open_clip_simzss.preprocess`` writes them; ``--concept-source stored``). Shards are
 resampled (``--dataset-resampled``) so a few of them feed any number of workers and steps.
 
 What is measured: the trainer logs every step (``--log-every-n-steps 1``) with its samples/s, computed from the
@@ -99,7 +99,7 @@ def run_trainer(args, model, lam, batch, steps, warmup, data, logs: Path, name: 
             "--train-num-samples", str(batch * (steps + warmup)), "--batch-size", str(batch),
             "--workers", str(args.workers), "--epochs", "1", "--lr", "1e-4", "--warmup", "1",
             "--precision", args.precision, "--device", args.device, "--lambda-concept", str(lam),
-            "--concept-source", "shards", "--logs", str(logs), "--name", name, "--log-every-n-steps", "1",
+            "--concept-source", "stored", "--logs", str(logs), "--name", name, "--log-every-n-steps", "1",
             "--seed", "0", "--save-frequency", "0", *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONUNBUFFERED="1")

@@ -24,6 +24,7 @@
 #   MODEL=simzss-vitb14       DATA=data/coco/concepts (directory of NNNNN.tar shards, or a brace pattern)
 #   LAMBDA_CONCEPT=0.05       (0 = LiT; see scripts/train_lit.sh)
 #   SIMZSS_VARIANT=paper      paper | release (the authors' released concept loss; docs/method.md)
+#   CONCEPT_BANK=default  SPACY_MODEL=en_core_web_sm   the ones the shards were preprocessed with (checked)
 #   GLOBAL_BATCH=16384        PER_GPU_BATCH=GLOBAL_BATCH/WORLD_SIZE (setting it sets GLOBAL_BATCH instead)
 #   LR_BASE=3e-5              LR=LR_BASE*GLOBAL_BATCH/256 (set LR to bypass the scaling rule)
 #   SAMPLES_SEEN=4000000      EPOCHS=7      WARMUP_FRACTION=0.1      WORKERS=7 (loader workers per GPU)
@@ -66,6 +67,8 @@ DATA="${DATA:-data/coco/concepts}"
 NUM_SHARDS="${NUM_SHARDS:-296}"  # used only when DATA is a directory that does not exist yet (dry runs)
 LAMBDA_CONCEPT="${LAMBDA_CONCEPT:-0.05}"
 SIMZSS_VARIANT="${SIMZSS_VARIANT:-paper}"
+CONCEPT_BANK="${CONCEPT_BANK:-default}"   # as given to scripts/download_coco.sh (training checks them)
+SPACY_MODEL="${SPACY_MODEL:-en_core_web_sm}"
 GLOBAL_BATCH="${GLOBAL_BATCH:-16384}"
 LR_BASE="${LR_BASE:-3e-5}"
 SAMPLES_SEEN="${SAMPLES_SEEN:-4000000}"
@@ -169,6 +172,7 @@ ARGS=(
     --opt adamw --beta1 "$BETA1" --beta2 "$BETA2" --eps "$EPS" --wd "$WD"
     --precision "$PRECISION"
     --lambda-concept "$LAMBDA_CONCEPT" --simzss-variant "$SIMZSS_VARIANT"
+    --concept-bank "$CONCEPT_BANK" --spacy-model "$SPACY_MODEL"
     --local-loss --gather-with-grad
     --seed "$SEED" --log-every-n-steps "$LOG_EVERY"
     --logs "$LOGS" --name "$NAME" --resume latest

@@ -96,7 +96,8 @@ def train(cfg: DemoConfig, info: Dict, out: Path, seed: int, lambda_concept: flo
           "--train-num-samples", str(info["num_samples"]), "--batch-size", str(cfg.batch_size),
           "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--warmup", str(cfg.warmup), "--wd", "0.1",
           "--precision", "fp32", "--workers", str(cfg.workers), "--seed", str(seed),
-          "--lambda-concept", str(lambda_concept), "--concept-source", "shards",
+          "--lambda-concept", str(lambda_concept), "--concept-source", "stored",
+          "--concept-bank", str(out / "data" / "bank.txt"),
           "--vision-weights", str(out / "data" / "tower.safetensors"),
           "--cache-vision-features", str(out / "cache"), "--logs", str(out / "runs"), "--name", name,
           "--log-every-n-steps", "10", "--resume", "latest"], out / f"train-{name}.log")
