@@ -149,7 +149,8 @@ def add_protocol_args(p: argparse.ArgumentParser, background_default: Optional[s
     threshold = g.add_mutually_exclusive_group()
     threshold.add_argument("--background-threshold", type=float,
                            help="pixels whose foreground confidence is below this are background "
-                                f"({background_default}; default per score: {DEFAULT_BACKGROUND_THRESHOLD})")
+                                f"({background_default}"
+                                + (")" if evaluation else f"; default per score: {DEFAULT_BACKGROUND_THRESHOLD})"))
     if evaluation:
         threshold.add_argument("--background-sweep", metavar="START:STOP:STEP",
                                help="evaluate many thresholds from one pass: a grid in cosine units with the sigmoid score "
