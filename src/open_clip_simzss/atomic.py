@@ -1,0 +1,102 @@
+"""Files that are results are written atomically: a temporary file in the same folder, fsync, rename.
+
+A reader (``--resume latest``, a rerun of ``simzss-preprocess``, a user) then sees the previous file or the
+complete new one, never a partial one, whatever interrupts the write (a kill, a full disk). Temporary names
+carry the process id, so two runs, or a run and the leftovers of a killed one, never write the same file.
+A failed write says why in one line (``WriteError``): no space left, permission denied, ...
+"""
+import errno
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Union
+
+PathLike = Union[str, Path]
+
+_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system", errno.ENOENT: "its folder does not exist",
+            errno.ENOTDIR: "a part of its path is a file, not a folder"}
+
+
+class WriteError(OSError):
+    """A result that could not be written; ``str`` is one line naming the file and the reason."""
+
+    def __str__(self):
+        return self.args[0] if len(self.args) == 1 else super().__str__()
+
+
+def write_error(path: PathLike, error: OSError) -> WriteError:
+    reason = _REASONS.get(error.errno) or error.strerror or str(error)
+    return WriteError(f"cannot write {path}: {reason}")
+
+
+def temporary_name(path: PathLike) -> Path:
+    """``.<name>.<pid>.tmp`` next to ``path``: hidden, unique per process, never matched by ``*.pt``/``*.tar``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms and file systems cannot open a folder: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yields a temporary path to write ``path``'s content to (a file, or a folder that the body creates);
+    renames it to ``path`` when the body returns, removes it when the body raises. A folder replaces an
+    existing ``path`` folder (the old one is removed after the rename)."""
+    path = Path(path)
+    temporary = temporary_name(path)
+    try:
+        yield temporary
+        if temporary.is_dir():
+            for child in temporary.iterdir():
+                if child.is_file():
+                    with open(child, "rb+") as handle:
+                        os.fsync(handle.fileno())
+            old = None
+            if path.is_dir():
+                old = path.with_name(f".{path.name}.{os.getpid()}.old")
+                os.replace(path, old)
+            os.replace(temporary, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
+        _fsync_folder(path.parent)
+    except BaseException as error:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary.exists():
+            temporary.unlink()
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise write_error(path, error) from None
+        raise
+
+
+def write_file(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` atomically: ``write(handle)`` fills a temporary file, which is fsynced and renamed."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)
+
+
+def write_json(path: PathLike, payload, **dump_options) -> Path:
+    """``json.dump`` of ``payload`` to ``path``, atomically; NaN and infinities are refused (strict JSON)."""
+    text = json.dumps(payload, allow_nan=False, **dump_options)
+    return write_file(path, lambda handle: handle.write(text.encode("utf-8")))
