@@ -29,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
+from .validation import check_non_negative, check_positive
+
 
 def image_slots(image_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(order, sorted image, slot): the concepts sorted by image (stable), and each one's rank among its
@@ -223,8 +225,9 @@ class SimZSSLoss(nn.Module):
             variant: str = "paper",
     ):
         super().__init__()
-        if lambda_concept < 0 or tau <= 0 or concept_temperature <= 0:
-            raise ValueError("need lambda_concept >= 0, tau > 0 and concept_temperature > 0")
+        lambda_concept = check_non_negative("lambda_concept", lambda_concept)
+        tau = check_positive("tau", tau)
+        concept_temperature = check_positive("concept_temperature", concept_temperature)
         if use_horovod and lambda_concept > 0:
             raise ValueError("the concept loss gathers with torch.distributed; use --lambda-concept 0 with --horovod")
         self.clip_loss = ClipLoss(

@@ -8,6 +8,8 @@ import sys
 
 from open_clip_train.params import parse_args as parse_open_clip_args
 
+from open_clip_simzss.validation import check_count, check_non_negative, check_number, check_positive
+
 
 def simzss_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False, description="SimZSS options (besides OpenCLIP's)")
@@ -45,6 +47,9 @@ def simzss_parser() -> argparse.ArgumentParser:
     group.add_argument("--cache-vision-features", default=None, metavar="DIR",
                        help="compute the frozen tower's outputs once per image, store them (memory-mapped) in DIR "
                             "and reuse them every epoch; images get the deterministic validation transform")
+    group.add_argument("--max-consecutive-skips", type=int, default=1000, metavar="N",
+                       help="stop with one line when a loader worker's first N samples, in a row, are all "
+                            "corrupt (a whole pass over its shards without a batch stops it too)")
     group.add_argument("--cache-dtype", choices=["float16", "float32"], default="float16",
                        help="storage type of the feature cache")
     return parser
@@ -52,6 +57,29 @@ def simzss_parser() -> argparse.ArgumentParser:
 
 class ArgumentError(ValueError):
     """A flag combination this trainer refuses; the message is the one line shown to the user."""
+
+
+def check_numbers(args):
+    """Every numeric flag finite and in range (``nan`` would train to a NaN checkpoint, or silently train LiT)."""
+    checks = [("lambda_concept", check_non_negative), ("concept_tau", check_positive),
+              ("concept_temperature", check_positive), ("lr", check_non_negative), ("wd", check_non_negative),
+              ("eps", check_positive), ("grad_clip_norm", check_positive), ("lr_cooldown_end", check_non_negative),
+              ("lr_cooldown_power", check_positive), ("coca_caption_loss_weight", check_non_negative),
+              ("coca_contrastive_loss_weight", check_non_negative)]
+    try:
+        for name, check in checks:
+            if getattr(args, name, None) is not None:
+                check("--" + name.replace("_", "-"), getattr(args, name))
+        for name in ("beta1", "beta2"):
+            if getattr(args, name, None) is not None:
+                check_number(f"--{name}", getattr(args, name), minimum=0, below=1)
+        for name, minimum in (("batch_size", 1), ("epochs", 0), ("warmup", 0), ("workers", 0),
+                              ("max_consecutive_skips", 1), ("log_every_n_steps", 1)):
+            check_count("--" + name.replace("_", "-"), getattr(args, name), minimum)
+        if args.train_num_samples is not None:
+            check_count("--train-num-samples", args.train_num_samples)
+    except ValueError as error:
+        raise ArgumentError(str(error)) from None
 
 
 def validate(args):
@@ -76,8 +104,7 @@ def validate(args):
         raise ArgumentError("--lock-image-unlocked-groups: SimZSS keeps the whole vision tower frozen")
     if args.train_data and args.dataset_type not in ("webdataset", "auto"):
         raise ArgumentError(f"--dataset-type {args.dataset_type}: SimZSS trains on WebDataset shards")
-    if args.lambda_concept < 0 or args.concept_tau <= 0 or args.concept_temperature <= 0:
-        raise ArgumentError("need --lambda-concept >= 0, --concept-tau > 0 and --concept-temperature > 0")
+    check_numbers(args)
     if args.cache_vision_features and args.aug_cfg:
         raise ArgumentError("--cache-vision-features stores one encoding per image: it cannot be combined with "
                             "random image augmentation (--aug-cfg)")
