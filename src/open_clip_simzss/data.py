@@ -47,17 +47,43 @@ from open_clip_train.data import (  # noqa: E402
 CONCEPTS_KEY = "concepts.json"
 
 
+WARNINGS_PER_CAUSE = 5  # then a cause is only counted (the trainer logs the totals after each epoch)
+MAX_CONCEPT_ID = 2 ** 63 - 1  # concept ids are int64 tensors
+
+
+class NoTrainingDataError(ValueError):
+    """Training data that cannot give a batch (every sample corrupt, fewer samples than ``--batch-size``).
+
+    Raised in a loader worker, it reaches the trainer with the worker's traceback in its message; the
+    constructor keeps the one line that says what is wrong."""
+
+    def __init__(self, message: str):
+        last = message.strip().splitlines()[-1] if message.strip() else message
+        super().__init__(last.split(f"{type(self).__name__}: ", 1)[-1])
+
+
 @dataclass
 class SampleCounter:
-    """Per-worker counts of what the pipeline had to skip or repair."""
+    """Per-worker counts of what the pipeline had to skip or repair; the warnings of each cause are logged
+    ``WARNINGS_PER_CAUSE`` times, then only counted."""
     skipped: int = 0
     bad_concepts: int = 0
+    decoded: int = 0
+    consecutive_skips: int = 0
     reasons: Dict[str, int] = field(default_factory=dict)
+    warnings: Dict[str, int] = field(default_factory=dict)
+
+    def warn(self, cause: str, message: str):
+        count = self.warnings[cause] = self.warnings.get(cause, 0) + 1
+        if count <= WARNINGS_PER_CAUSE:
+            more = "; further ones are only counted" if count == WARNINGS_PER_CAUSE else ""
+            logging.warning(message + more)
 
     def skip(self, reason: str, key: str):
         self.skipped += 1
+        self.consecutive_skips += 1
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        logging.warning(f"skipped sample {key!r}: {reason} ({self.skipped} skipped so far in this worker)")
+        self.warn(reason, f"skipped sample {key!r}: {reason} ({self.skipped} skipped so far in this worker)")
 
 
 def concepts_to_rows(annotation: dict, eot_position: int,
@@ -65,13 +91,14 @@ def concepts_to_rows(annotation: dict, eot_position: int,
     """(id, positions) rows of the concepts of a ``concepts.json`` dict, and how many rows were dropped.
 
     A row is dropped when it has no positions, a position outside the caption's tokens (0 is the start token,
-    ``eot_position`` the caption's end-of-text token), a negative id, or an id >= ``num_ids`` (the bank's range;
-    None for the open bank). Wrong types raise ValueError, KeyError or TypeError (the whole record is bad).
+    ``eot_position`` the caption's end-of-text token), an id that is not an integer, is negative, does not fit
+    in 64 bits, or is >= ``num_ids`` (the bank's range; None for the open bank). Wrong types raise ValueError, KeyError or TypeError (the whole record is bad).
     """
     rows, dropped = [], 0
     for concept in annotation["concepts"]:
-        cid, positions = int(concept["id"]), [int(p) for p in concept["positions"]]
-        if (not positions or min(positions) < 1 or max(positions) >= eot_position or cid < 0
+        cid, positions = concept["id"], [int(p) for p in concept["positions"]]
+        if (not positions or min(positions) < 1 or max(positions) >= eot_position
+                or isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid <= MAX_CONCEPT_ID
                 or (num_ids is not None and cid >= num_ids)):
             dropped += 1
             continue
@@ -120,8 +147,10 @@ class SampleDecoder:
     """Raw WebDataset sample -> (image tensor, token ids, concept rows); counts what it skips."""
 
     def __init__(self, preprocess_img: Callable, tokenizer, with_concepts: bool, extractor_factory=None,
-                 force_on_the_fly: bool = False, feature_cache=None, num_concept_ids: Optional[int] = None):
+                 force_on_the_fly: bool = False, feature_cache=None, num_concept_ids: Optional[int] = None,
+                 max_consecutive_skips: int = 0):
         self.preprocess_img = preprocess_img
+        self.max_consecutive_skips = max_consecutive_skips  # 0: no limit
         self.num_concept_ids = num_concept_ids
         self.feature_cache = feature_cache
         self.tokenizer = tokenizer
@@ -149,12 +178,13 @@ class SampleDecoder:
                 rows, dropped = concepts_to_rows(annotation, eot_position, self.num_concept_ids)
             except (ValueError, KeyError, TypeError) as e:
                 self.counter.bad_concepts += 1
-                logging.warning(f"sample {key!r}: malformed {CONCEPTS_KEY} ({e}); training it without concepts")
+                self.counter.warn("malformed", f"sample {key!r}: malformed {CONCEPTS_KEY} ({e}); training it "
+                                  "without concepts")
                 return []
             if dropped:
                 self.counter.bad_concepts += dropped
-                logging.warning(f"sample {key!r}: {dropped} {CONCEPTS_KEY} rows dropped (a position past the "
-                                "caption's end-of-text token, or an id outside the concept bank)")
+                self.counter.warn("dropped rows", f"sample {key!r}: {dropped} {CONCEPTS_KEY} rows dropped (a "
+                                  "position past the caption's end-of-text token, or an id outside the concept bank)")
             return rows
         if self.extractor_factory is None:
             return []
@@ -162,6 +192,7 @@ class SampleDecoder:
 
     def __call__(self, source):
         for sample in source:
+            self.check_not_all_corrupt()
             key = sample.get("__key__", "?")
             image_key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
             if image_key is None or "txt" not in sample:
@@ -185,7 +216,21 @@ class SampleDecoder:
                     self.counter.skip(f"image does not decode ({type(e).__name__})", key)
                     continue
             tokens = self.tokenizer([caption])[0]
+            self.counter.decoded += 1
+            self.counter.consecutive_skips = 0
             yield image, tokens, self.concept_rows(sample, caption, tokens)
+        self.check_not_all_corrupt()
+
+    def check_not_all_corrupt(self):
+        """Fail fast when this worker's first ``max_consecutive_skips`` samples were all skipped (a later run
+        of corrupt samples is only skipped and counted)."""
+        counter = self.counter
+        if self.max_consecutive_skips and not counter.decoded and counter.consecutive_skips >= \
+                self.max_consecutive_skips:
+            reasons = ", ".join(f"{reason} ({n})" for reason, n in counter.reasons.items())
+            raise NoTrainingDataError(f"the first {counter.consecutive_skips} training samples read by a loader "
+                                      f"worker were all unusable: {reasons}; check --train-data (the limit is "
+                                      "--max-consecutive-skips)")
 
 
 class Batcher:
@@ -206,7 +251,11 @@ class Batcher:
             yield chunk
 
     def __call__(self, source):
+        # Called once per pass over this worker's shards (WebDataset repeats the pipeline until the epoch has
+        # its batches): a pass without a batch would repeat forever.
+        batches = 0
         for chunk in self._chunks(source):
+            batches += 1
             if isinstance(chunk[0][0], tuple):  # cached tower outputs instead of images
                 images = {"image_features": torch.stack([s[0][0] for s in chunk]),
                           "patch_tokens": torch.stack([s[0][1] for s in chunk])}
@@ -219,6 +268,12 @@ class Batcher:
             worker = info.id if info is not None else 0
             counts = (worker, self.decoder.counter.skipped, self.decoder.counter.bad_concepts)
             yield images, texts, concepts, counts
+        if not batches:
+            counter = self.decoder.counter
+            raise NoTrainingDataError(
+                f"a whole pass over a loader worker's training shards gave no batch: {counter.decoded} usable "
+                f"samples for --batch-size {self.batch_size}, {counter.skipped} skipped; check --train-data "
+                "(missing or corrupt shards?) or lower --batch-size or --workers")
 
 
 def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor: bool = False, tokenizer=None,
@@ -268,7 +323,8 @@ def get_wds_dataset(args, preprocess_img, is_train: bool, epoch: int = 0, floor:
         pipeline += [wds.split_by_worker, tarfile_to_samples_nothrow]
 
     decoder = SampleDecoder(preprocess_img, tokenizer, with_concepts and is_train, extractor_factory,
-                            force_on_the_fly, feature_cache if is_train else None, num_concept_ids)
+                            force_on_the_fly, feature_cache if is_train else None, num_concept_ids,
+                            getattr(args, "max_consecutive_skips", 0) if is_train else 0)
     pipeline.append(decoder)
     if is_train:
         pipeline.append(Batcher(args.batch_size, tokenizer.context_length, decoder, partial=False))

@@ -28,7 +28,7 @@ except MissingExtraError as error:
 from open_clip_train.data import expand_urls, get_imagenet
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
-from open_clip_train.main import LATEST_CHECKPOINT_NAME, get_latest_checkpoint, random_seed
+from open_clip_train.main import LATEST_CHECKPOINT_NAME, random_seed
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
 from open_clip_train.train import evaluate
 
@@ -38,12 +38,14 @@ from open_clip_simzss.concepts import (
     ConceptBank, SpacyModelNotFoundError, make_provenance, provenance_mismatch, require_spacy_model,
     spacy_model_identity,
 )
-from open_clip_simzss.data import SkipTally, first_concepts_record, get_wds_dataset
+from open_clip_simzss.atomic import write_file
+from open_clip_simzss.cli.common import run as run_command
+from open_clip_simzss.data import NoTrainingDataError, SkipTally, first_concepts_record, get_wds_dataset
 from open_clip_simzss.feature_cache import FeatureCache
 from open_clip_simzss.denoiser import DENOISER_WEIGHTS_ENV
 from open_clip_simzss.factory import VISION_WEIGHTS_ENV
 from open_clip_simzss.loss import SimZSSLoss
-from open_clip_simzss.weights import CheckpointError, read_checkpoint
+from open_clip_simzss.weights import CheckpointError, fit_state_dict, one_line, read_checkpoint
 from training.params import ArgumentError, parse_args
 from training.train import train_one_epoch
 
@@ -184,21 +186,45 @@ def create_scheduler(optimizer, args, num_batches):
     raise ArgumentError(f"unknown --lr-scheduler {args.lr_scheduler}")
 
 
+def checkpoint_candidates(folder):
+    """This run's checkpoints, newest first: ``epoch_latest.pt`` (--save-most-recent), then ``epoch_N.pt``
+    by decreasing N."""
+    if not os.path.isdir(folder):
+        return []
+    epochs = []
+    for name in os.listdir(folder):
+        number = name.removeprefix("epoch_").removesuffix(".pt")
+        if name.startswith("epoch_") and name.endswith(".pt") and number.isdigit():
+            epochs.append((int(number), name))
+    names = ([LATEST_CHECKPOINT_NAME] if LATEST_CHECKPOINT_NAME in os.listdir(folder) else []) + \
+        [name for _, name in sorted(epochs, reverse=True)]
+    return [os.path.join(folder, name) for name in names]
+
+
 def resolve_resume(args):
-    """``--resume latest``: the newest checkpoint of this run, found by rank 0 and broadcast."""
+    """``--resume``: (path, checkpoint) to start from, or (None, None). ``latest`` is the newest checkpoint of
+    this run that can be read (rank 0 looks, skipping unreadable ones with a warning, and broadcasts the path).
+    Any other value is read as it is (CheckpointError, one line, when it cannot be)."""
+    if args.resume is None:
+        return None, None
     if args.resume != "latest":
-        return args.resume
-    resume_from = None
+        return args.resume, read_checkpoint(args.resume)
+    resume_from = checkpoint = None
     if is_master(args):
-        if args.save_most_recent:
-            path = os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME)
-            resume_from = path if os.path.exists(path) else None
-        else:
-            resume_from = get_latest_checkpoint(args.checkpoint_path, remote=False)
+        for path in checkpoint_candidates(args.checkpoint_path):
+            try:
+                checkpoint = read_checkpoint(path)
+            except CheckpointError as error:
+                logging.warning(f"resume: skipping {path}, it cannot be read ({error})")
+                continue
+            resume_from = path
+            break
         logging.info(f"resume: {resume_from or 'no checkpoint yet, starting from scratch'}")
     if args.distributed:
         resume_from = broadcast_object(args, resume_from)
-    return resume_from
+        if resume_from is not None and checkpoint is None:
+            checkpoint = read_checkpoint(resume_from)
+    return resume_from, checkpoint
 
 
 def save_checkpoint(model, optimizer, scaler, args, completed_epoch):
@@ -206,16 +232,62 @@ def save_checkpoint(model, optimizer, scaler, args, completed_epoch):
                   "optimizer": optimizer.state_dict(), "simzss_variant": args.simzss_variant}
     if scaler is not None:
         checkpoint["scaler"] = scaler.state_dict()
+    # Atomic writes (open_clip_simzss.atomic): a kill or a full disk leaves the previous checkpoints intact and
+    # no partial file for --resume latest to pick.
     if completed_epoch == args.epochs or (args.save_frequency > 0 and completed_epoch % args.save_frequency == 0):
-        torch.save(checkpoint, os.path.join(args.checkpoint_path, f"epoch_{completed_epoch}.pt"))
+        write_checkpoint(checkpoint, os.path.join(args.checkpoint_path, f"epoch_{completed_epoch}.pt"))
     if args.delete_previous_checkpoint:
         previous = os.path.join(args.checkpoint_path, f"epoch_{completed_epoch - 1}.pt")
         if os.path.exists(previous):
             os.remove(previous)
     if args.save_most_recent:
-        tmp = os.path.join(args.checkpoint_path, "tmp.pt")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME))
+        write_checkpoint(checkpoint, os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME))
+
+
+def write_checkpoint(checkpoint, path):
+    write_file(path, lambda handle: torch.save(checkpoint, handle))
+
+
+def check_train_data(args):
+    """Refuse ``--train-data`` that names no shard, a folder or missing files, before anything is built: the
+    loader would otherwise repeat an empty pass forever. URLs (``pipe:``, ``s3://``) are left to the loader,
+    which stops with one line when a pass gives no batch."""
+    if not args.train_data:
+        return
+    urls, _ = expand_urls(args.train_data)
+    if not urls:
+        raise ArgumentError(f"--train-data {args.train_data}: names no shard")
+    local = [url for url in urls if "://" not in url and not url.startswith("pipe:")]
+    folders = [url for url in local if os.path.isdir(url)]
+    if folders:
+        raise ArgumentError(f"--train-data {folders[0]} is a folder: name its shards, e.g. "
+                            f"'{os.path.join(folders[0], '{00000..00009}.tar')}'")
+    missing = [url for url in local if not os.path.isfile(url)]
+    if missing:
+        raise ArgumentError(f"--train-data: {len(missing)} of {len(urls)} shards not found, e.g. {missing[0]}")
+
+
+def check_logs(args):
+    """``--logs`` must be a folder this process can write, checked before the model is built."""
+    if not args.logs or args.logs.lower() == "none":
+        return
+    if os.path.exists(args.logs) and not os.path.isdir(args.logs):
+        raise ArgumentError(f"--logs {args.logs} is a file, not a folder")
+    existing = args.logs
+    while not os.path.exists(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    if not os.path.isdir(existing):
+        raise ArgumentError(f"--logs {args.logs}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ArgumentError(f"--logs {args.logs}: {existing} is not writable (permission denied)")
+
+
+def check_model(args):
+    """An unknown ``--model`` in one line, before anything is built."""
+    try:
+        open_clip_simzss.factory.resolve_model_config(args.model, args.cache_dir)
+    except (ValueError, OSError) as error:
+        raise ArgumentError(f"--model {args.model}: {one_line(error)}") from None
 
 
 def world_size_from_environment() -> int:
@@ -287,6 +359,9 @@ def main(argv):
         for name, value in recipe(args, argv):
             print(f"{name}: {value}")
         return 0
+    check_model(args)
+    check_train_data(args)
+    check_logs(args)
     concepts_note = check_stored_concepts(args, bank)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -325,7 +400,7 @@ def main(argv):
         for d in (args.tensorboard_path, args.checkpoint_path):
             if d:
                 os.makedirs(d, exist_ok=True)
-    args.resume = resolve_resume(args)
+    args.resume, checkpoint = resolve_resume(args)
     if args.distributed:
         logging.info(f"distributed: rank {args.rank}/{args.world_size}, device {args.device}")
 
@@ -375,23 +450,23 @@ def main(argv):
             scaler = torch.amp.GradScaler(device=device.type)
 
     start_epoch = 0
-    if args.resume is not None:
-        checkpoint = read_checkpoint(args.resume)  # weights_only=True; a local file or an fsspec URL
+    if args.resume is not None:  # read with weights_only=True (a local file or an fsspec URL)
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(f"--resume {args.resume} is not a checkpoint (expected a dict of tensors)")
         if "epoch" in checkpoint:
             saved_variant = checkpoint.get("simzss_variant", args.simzss_variant)
             if saved_variant != args.simzss_variant:
                 raise ArgumentError(f"--resume {args.resume} was trained with --simzss-variant {saved_variant}, "
                                     f"not {args.simzss_variant}")
             start_epoch = checkpoint["epoch"]
-            state_dict = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
-            original_model.load_state_dict(state_dict)
+            original_model.load_state_dict(fit_state_dict(original_model, checkpoint["state_dict"], args.model))
             if optimizer is not None:
                 optimizer.load_state_dict(checkpoint["optimizer"])
             if scaler is not None and "scaler" in checkpoint:
                 scaler.load_state_dict(checkpoint["scaler"])
             logging.info(f"=> resuming checkpoint '{args.resume}' (epoch {start_epoch})")
         else:
-            original_model.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint.items()})
+            original_model.load_state_dict(fit_state_dict(original_model, checkpoint, args.model))
             logging.info(f"=> loaded checkpoint '{args.resume}'")
 
     tokenizer = open_clip_simzss.get_tokenizer(args.model, context_length=args.force_context_length)
@@ -452,11 +527,9 @@ def main(argv):
 
 
 def cli(argv=None):
-    try:
-        return main(sys.argv[1:] if argv is None else argv)
-    except (ArgumentError, FileNotFoundError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """The project's error policy (``open_clip_simzss.cli.common``): bad input exits 2, a failure while
+    training 1, each with one ``error:`` line on stderr; ``--debug`` adds the traceback."""
+    return run_command(None, main, argv, input_errors=(ArgumentError, FileNotFoundError, NoTrainingDataError))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def validate(args):
                             "random image augmentation (--aug-cfg)")
     if args.concept_source == "shards":
         args.concept_source = "stored"
+    if args.device.split(":")[0] == "meta":
+        raise ArgumentError("--device meta holds no data and cannot train: use cpu or cuda")
     if not args.model.startswith(("simzss", "local-dir:", "hf-hub:")):
         raise ArgumentError(f"--model {args.model}: not a SimZSS model (see open_clip_simzss.list_models())")
 
