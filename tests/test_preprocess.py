@@ -183,15 +183,20 @@ def test_resume_skips_finished_shards_and_redoes_unfinished_ones(input_dir, tmp_
     assert stats["samples"] == 7  # totals still cover the shards finished earlier
     assert {name: os.stat(output_dir / name).st_mtime_ns for name in SHARDS} == stamps
 
-    # An interrupted run leaves only a temporary file: that shard is done again, the other one is not.
+    # A killed run leaves only a temporary file named after its process: that shard is done again, the other
+    # one is not, and the dead process's file is removed (a live process's one is left alone).
     (output_dir / "00001.tar").unlink()
-    (output_dir / "00001.tar.tmp").write_bytes(b"half a shard")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = output_dir / f".00001.tar.{int(dead.stdout)}.tmp"
+    leftover.write_bytes(b"half a shard")
+    live = output_dir / f".00001.tar.{os.getppid()}.tmp"
+    live.write_bytes(b"another run's shard")
     assert _run(input_dir, output_dir) == 0
     stats = _stats(output_dir)
     assert stats["this_run"]["shards_processed"] == 1 and stats["this_run"]["shards_skipped"] == 1
     assert os.stat(output_dir / "00000.tar").st_mtime_ns == stamps["00000.tar"]
     assert {name: (output_dir / name).read_bytes() for name in SHARDS} == first  # deterministic output
-    assert not (output_dir / "00001.tar.tmp").exists()
+    assert not leftover.exists() and live.read_bytes() == b"another run's shard"
 
 
 def test_two_workers_write_the_same_shards(input_dir, tmp_path):

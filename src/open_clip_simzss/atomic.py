@@ -100,3 +100,29 @@ def write_json(path: PathLike, payload, **dump_options) -> Path:
     """``json.dump`` of ``payload`` to ``path``, atomically; NaN and infinities are refused (strict JSON)."""
     text = json.dumps(payload, allow_nan=False, **dump_options)
     return write_file(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> int:
+    """Remove the temporary files of ``path`` left by processes that died (a kill, a crash); those of live
+    processes are left alone. Returns how many were removed."""
+    path = Path(path)
+    removed = 0
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = candidate.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_is_alive(int(pid)):
+            if candidate.is_dir():
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                candidate.unlink(missing_ok=True)
+            removed += 1
+    return removed

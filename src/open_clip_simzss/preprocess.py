@@ -10,8 +10,11 @@ sample's ``txt`` caption (JSON, schema version 2, with the ``provenance`` that t
 ``--concept-bank`` and ``--spacy-model``; ``concepts`` is empty when the caption is missing or is not UTF-8).
 Images are not decoded: a corrupt image is counted and copied as it is, for the training loader to skip.
 
-- Resumable: a shard is written to ``<name>.tmp`` and renamed when complete, after its statistics
-  (``stats/<name>.json``); shards whose output exists are skipped.
+- Resumable: a shard is written to a temporary file unique to the process (``.<name>.<pid>.tmp``, fsynced) and
+  renamed when complete, after its statistics (``stats/<name>.json``); shards whose output exists are skipped.
+  Workers die with the main process, and a rerun never writes the temporary files of an earlier one.
+- A shard must end with the tar end-of-archive marker: one cut short or with a corrupt header mid-archive is
+  reported as failed, never written with fewer samples.
 - One shard per worker process (``--workers``, default: the CPUs this process may use); each worker runs
   ``nlp.pipe`` with one process, which is spaCy's fastest setting per core.
 - SLURM arrays: ``--shard-index/--num-shards`` (default ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` and
@@ -39,6 +42,7 @@ import time
 import zlib
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .atomic import remove_stale_temporaries, temporary_name, write_json
 from .concepts import CONCEPTS_JSON_VERSION, DEFAULT_SPACY_MODEL, ConceptBank, ConceptExtractor
 from .images import IMAGE_EXTENSIONS
 
@@ -106,6 +110,33 @@ class Sample:
             if data is not None and split_member_name(info.name)[1] == extension:
                 return data
         return None
+
+
+class TruncatedArchiveError(tarfile.ReadError):
+    """A tar that does not end with its end-of-archive marker: cut short, or a corrupt header mid-archive
+    (``tarfile`` would silently stop reading there)."""
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """``tarfile`` takes a missing, short or corrupt header after the first member for the end of the archive;
+    this raises TruncatedArchiveError instead. Only an all-zero block (the end-of-archive marker) ends it."""
+
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            raise
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as error:
+            raise TruncatedArchiveError(f"the archive ends early, at byte {archive.offset} ({error})") from None
+        except tarfile.InvalidHeaderError as error:
+            raise TruncatedArchiveError(f"corrupt tar header at byte {archive.offset} ({error})") from None
+
+
+def open_checked_stream(path: str) -> tarfile.TarFile:
+    """The tar at ``path`` read as a stream (once, front to back; ``.tar.gz`` too) that raises
+    TruncatedArchiveError when it does not end properly."""
+    return tarfile.open(path, "r|*", tarinfo=_CheckedTarInfo)
 
 
 def iter_samples(archive: tarfile.TarFile) -> Iterator[Sample]:
@@ -219,26 +250,24 @@ def stats_path_for(output_path: str) -> str:
 
 
 def _write_json_atomically(path: str, payload: dict) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, ensure_ascii=False, indent=1)
-    os.replace(temporary, path)
+    write_json(path, payload, ensure_ascii=False, indent=1)
 
 
 def process_shard(input_path: str, output_path: str, extractor: ConceptExtractor, batch_size: int = 256,
                   samples_per_batch: int = 512) -> ShardStats:
     """Annotate one shard into ``output_path``.
 
-    The shard is written as ``output_path + '.tmp'`` and renamed once complete, after its statistics
-    (``stats_path_for``), so an existing output always is a finished one.
+    The shard is written to a temporary file of this process (``atomic.temporary_name``), fsynced and renamed
+    once complete, after its statistics (``stats_path_for``), so an existing output always is a finished one.
+    An input that does not end properly raises TruncatedArchiveError (no output).
     """
     stats = ShardStats(shard=os.path.basename(output_path))
     start = time.perf_counter()
-    temporary = output_path + ".tmp"
+    temporary = str(temporary_name(output_path))
     write_mode = "w:gz" if output_path.endswith((".gz", ".tgz")) else "w"
     try:
         # Stream mode reads the tar once, front to back, without seeking (and handles .tar.gz).
-        with tarfile.open(input_path, "r|*") as reader, tarfile.open(temporary, write_mode) as writer:
+        with open_checked_stream(input_path) as reader, tarfile.open(temporary, write_mode) as writer:
             batch: List[Sample] = []
             for sample in iter_samples(reader):
                 batch.append(sample)
@@ -246,6 +275,8 @@ def process_shard(input_path: str, output_path: str, extractor: ConceptExtractor
                     _write_batch(batch, extractor, writer, stats, batch_size)
                     batch = []
             _write_batch(batch, extractor, writer, stats, batch_size)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
         stats.seconds = round(time.perf_counter() - start, 3)
         os.makedirs(os.path.dirname(stats_path_for(output_path)), exist_ok=True)
         _write_json_atomically(stats_path_for(output_path), dataclasses.asdict(stats))
@@ -263,7 +294,25 @@ def process_shard(input_path: str, output_path: str, extractor: ConceptExtractor
 _WORKER: Dict[str, object] = {}
 
 
-def _init_worker(extractor: Optional[ConceptExtractor], spacy_model: str, bank: ConceptBank, batch_size: int) -> None:
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the main process dies (even by SIGKILL), instead of finishing its
+    shard alone. Elsewhere a no-op; the per-process temporary names still keep a rerun from racing it."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(extractor: Optional[ConceptExtractor], spacy_model: str, bank: ConceptBank, batch_size: int,
+                 in_pool: bool = False) -> None:
+    if in_pool:
+        _die_with_parent()
     # Forked workers inherit the parent's extractor; spawned ones (no fork on the platform) load their own.
     _WORKER["extractor"] = extractor if extractor is not None else ConceptExtractor(spacy_model, bank=bank)
     _WORKER["batch_size"] = batch_size
@@ -274,7 +323,8 @@ def _process_job(job: Tuple[str, str]) -> Tuple[Optional[ShardStats], Optional[s
     try:
         return process_shard(input_path, output_path, _WORKER["extractor"], _WORKER["batch_size"]), None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        # A shard that cannot be read to the end produces no output: a later run retries it.
+        # A shard that cannot be read to the end (or written: a full disk) produces no output: a later run
+        # retries it.
         return None, f"{input_path}: {type(error).__name__}: {error}"
 
 
@@ -312,6 +362,8 @@ def _plan(inputs: Sequence[str], output: str, shard_index: Optional[int], num_sh
         if os.path.abspath(shard) == os.path.abspath(output):
             raise PreprocessError(f"--output would overwrite the input shard {shard}")
     jobs = [(shard, output) for shard, output in zip(shards, outputs) if not os.path.exists(output)]
+    for _, output_path in jobs:  # what killed runs left behind
+        remove_stale_temporaries(output_path)
     return jobs, outputs, index, count
 
 
@@ -391,7 +443,7 @@ def preprocess_shards(inputs: Sequence[str], output: str, workers: Optional[int]
     else:
         context = multiprocessing.get_context("fork" if can_fork else "spawn")
         pool = context.Pool(workers, initializer=_init_worker,
-                            initargs=(extractor if can_fork else None, spacy_model, bank, batch_size))
+                            initargs=(extractor if can_fork else None, spacy_model, bank, batch_size, True))
         outcomes = pool.imap_unordered(_process_job, jobs)
     try:
         for shard_stats, error in outcomes:
