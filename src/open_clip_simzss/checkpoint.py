@@ -20,6 +20,7 @@ from typing import Dict, Optional, Union
 import open_clip
 import torch
 
+from .atomic import atomic_path, write_error, write_file
 from .factory import CONFIG_NAME
 from . import loading
 from .loading import build_model, clean_model_config, model_config, model_structure
@@ -72,7 +73,8 @@ def save_pretrained(model, save_directory: Union[str, Path], model_name: Optiona
     if problem:
         raise CheckpointError(f"the config does not describe this model: {problem}")
     folder = Path(save_directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file, not a folder")
     # Contiguous CPU copies; safetensors refuses tensors that share memory, so shared ones are cloned.
     seen, tensors = set(), {}
     for k, v in state.items():
@@ -81,13 +83,30 @@ def save_pretrained(model, save_directory: Union[str, Path], model_name: Optiona
             v = v.clone()
         seen.add(v.data_ptr())
         tensors[k] = v
-    if safe_serialization in (True, "both"):
-        import safetensors.torch
-        safetensors.torch.save_file(tensors, str(folder / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
-    if safe_serialization in (False, "both"):
-        torch.save(tensors, folder / BIN_WEIGHTS_NAME)
     config = {"model_cfg": cfg, "preprocess_cfg": preprocess_cfg or preprocess_config(model)}
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    def write_into(target: Path):
+        if safe_serialization in (True, "both"):
+            import safetensors.torch
+            payload = safetensors.torch.save(tensors, metadata={"format": "pt"})
+            write_file(target / SAFE_WEIGHTS_NAME, lambda handle: handle.write(payload))
+        if safe_serialization in (False, "both"):
+            write_file(target / BIN_WEIGHTS_NAME, lambda handle: torch.save(tensors, handle))
+        text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+        write_file(target / CONFIG_NAME, lambda handle: handle.write(text.encode("utf-8")))
+
+    # A new folder appears complete or not at all (written as a temporary folder, then renamed); in an existing
+    # one (which may hold other files) each file is replaced atomically. Either way no partial file is left.
+    if folder.is_dir():
+        write_into(folder)
+        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(folder, error) from None
+    with atomic_path(folder) as temporary:
+        temporary.mkdir()
+        write_into(temporary)
     return folder
 
 
