@@ -363,6 +363,7 @@ def main(argv):
     check_train_data(args)
     check_logs(args)
     concepts_note = check_stored_concepts(args, bank)
+    resume = None if args.resume == "latest" else resolve_resume(args)  # a bad --resume FILE before any output
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
@@ -400,7 +401,7 @@ def main(argv):
         for d in (args.tensorboard_path, args.checkpoint_path):
             if d:
                 os.makedirs(d, exist_ok=True)
-    args.resume, checkpoint = resolve_resume(args)
+    args.resume, checkpoint = resume or resolve_resume(args)
     if args.distributed:
         logging.info(f"distributed: rank {args.rank}/{args.world_size}, device {args.device}")
 
