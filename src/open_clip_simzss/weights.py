@@ -90,9 +90,10 @@ def mismatch(expected: Dict[str, Tuple[int, ...]], found: Dict[str, Tuple[int, .
 
 
 def fit_state_dict(model: torch.nn.Module, weights: Union[str, Path, StateDict], what: str = "the model",
-                   weights_only: bool = True) -> StateDict:
-    """The checkpoint's tensors, checked against the model's names and shapes (CheckpointError, one line)."""
-    source = str(weights) if not isinstance(weights, dict) else "the state dict"
+                   weights_only: bool = True, source: Optional[str] = None) -> StateDict:
+    """The checkpoint's tensors, checked against the model's names and shapes (CheckpointError, one line).
+    ``source`` names a state dict in the message (default: the file name, or "the state dict")."""
+    source = source or (str(weights) if not isinstance(weights, dict) else "the state dict")
     state = read_state_dict(weights, weights_only) if not isinstance(weights, dict) else strip_ddp_prefix(dict(weights))
     own = model.state_dict()
     if "logit_scale" in state and "logit_scale" in own and state["logit_scale"].numel() == 1:

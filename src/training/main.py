@@ -460,14 +460,15 @@ def main(argv):
                 raise ArgumentError(f"--resume {args.resume} was trained with --simzss-variant {saved_variant}, "
                                     f"not {args.simzss_variant}")
             start_epoch = checkpoint["epoch"]
-            original_model.load_state_dict(fit_state_dict(original_model, checkpoint["state_dict"], args.model))
+            original_model.load_state_dict(fit_state_dict(original_model, checkpoint["state_dict"], args.model,
+                                                          source=args.resume))
             if optimizer is not None:
                 optimizer.load_state_dict(checkpoint["optimizer"])
             if scaler is not None and "scaler" in checkpoint:
                 scaler.load_state_dict(checkpoint["scaler"])
             logging.info(f"=> resuming checkpoint '{args.resume}' (epoch {start_epoch})")
         else:
-            original_model.load_state_dict(fit_state_dict(original_model, checkpoint, args.model))
+            original_model.load_state_dict(fit_state_dict(original_model, checkpoint, args.model, source=args.resume))
             logging.info(f"=> loaded checkpoint '{args.resume}'")
 
     tokenizer = open_clip_simzss.get_tokenizer(args.model, context_length=args.force_context_length)
