@@ -13,7 +13,11 @@ node and worker, ``with_epoch`` rounding) with two SimZSS additions:
   training step needs no host-device sync, docs/performance.md).
 
 Corrupt samples (undecodable image or caption, missing field) are skipped and counted, never crash a run;
-each batch carries its worker's running count so the trainer can log the exact total. A sample whose
+each batch carries its worker's running count so the trainer can log the exact total, and the warnings of each
+cause are printed a few times, then only counted. Data that can never give a batch stops the run in one line
+(``NoTrainingDataError``) instead of looping: a whole pass over a worker's shards without a batch (corrupt or
+missing shards, fewer samples than the batch), or a worker's first ``--max-consecutive-skips`` samples all
+skipped. A sample whose
 ``concepts.json`` is malformed keeps its image and caption but no concepts (counted too), so SimZSS and LiT
 runs see the same samples in the same order; a single row whose positions lie past the caption's end-of-text
 token, or whose id is negative or outside the bank, is dropped and counted the same way. Whether the stored
@@ -92,7 +96,8 @@ def concepts_to_rows(annotation: dict, eot_position: int,
 
     A row is dropped when it has no positions, a position outside the caption's tokens (0 is the start token,
     ``eot_position`` the caption's end-of-text token), an id that is not an integer, is negative, does not fit
-    in 64 bits, or is >= ``num_ids`` (the bank's range; None for the open bank). Wrong types raise ValueError, KeyError or TypeError (the whole record is bad).
+    in 64 bits, or is >= ``num_ids`` (the bank's range; None for the open bank). A missing field or positions
+    that are not integers raise ValueError, KeyError or TypeError (the whole record is bad).
     """
     rows, dropped = [], 0
     for concept in annotation["concepts"]:

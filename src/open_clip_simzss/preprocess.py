@@ -249,10 +249,6 @@ def stats_path_for(output_path: str) -> str:
     return os.path.join(directory, STATS_DIRECTORY, f"{name}.json")
 
 
-def _write_json_atomically(path: str, payload: dict) -> None:
-    write_json(path, payload, ensure_ascii=False, indent=1)
-
-
 def process_shard(input_path: str, output_path: str, extractor: ConceptExtractor, batch_size: int = 256,
                   samples_per_batch: int = 512) -> ShardStats:
     """Annotate one shard into ``output_path``.
@@ -279,7 +275,7 @@ def process_shard(input_path: str, output_path: str, extractor: ConceptExtractor
             os.fsync(handle.fileno())
         stats.seconds = round(time.perf_counter() - start, 3)
         os.makedirs(os.path.dirname(stats_path_for(output_path)), exist_ok=True)
-        _write_json_atomically(stats_path_for(output_path), dataclasses.asdict(stats))
+        write_json(stats_path_for(output_path), dataclasses.asdict(stats), ensure_ascii=False, indent=1)
         os.replace(temporary, output_path)
     except BaseException:
         if os.path.exists(temporary):
@@ -484,7 +480,7 @@ def preprocess_shards(inputs: Sequence[str], output: str, workers: Optional[int]
         "num_shards": count,
     })
     name = "preprocess_stats.json" if count == 1 else f"preprocess_stats.{index:05d}-of-{count:05d}.json"
-    _write_json_atomically(os.path.join(output, name), summary)
+    write_json(os.path.join(output, name), summary, ensure_ascii=False, indent=1)
     _print_summary(summary)
     return 1 if failed else 0
 
