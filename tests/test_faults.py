@@ -222,3 +222,38 @@ def test_bad_preprocess_input_is_one_line(extra, message, tmp_path, capsys):
     assert preprocess_main(["--input", pattern, "--output", str(tmp_path / "out"), *extra]) == 2
     assert_one_error_line(capsys.readouterr().err, message, max_lines=1)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_preprocess_workers_die_with_the_main_process(tmp_path):
+    script = (
+        "import multiprocessing, os, time\n"
+        "from open_clip_simzss.preprocess import _init_worker\n"
+        "def pid(_):\n"
+        "    time.sleep(0.5)\n"
+        "    return os.getpid()\n"
+        "if __name__ == '__main__':\n"
+        "    pool = multiprocessing.get_context('fork').Pool(2, initializer=_init_worker,\n"
+        "                                                    initargs=(object(), 'm', None, 1, True))\n"
+        "    print(*set(pool.map(pid, range(4), chunksize=1)), flush=True)\n"
+        "    pool.map_async(time.sleep, [600, 600], chunksize=1)\n"
+        "    time.sleep(600)\n"
+    )
+    main = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in main.stdout.readline().split()]
+    assert workers and all(os.path.exists(f"/proc/{pid}") for pid in workers)
+    main.kill()  # SIGKILL: no atexit, no pool.terminate()
+    main.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
