@@ -257,3 +257,27 @@ def alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# --- model folders (simzss-checkpoint export) ---------------------------------------------------------------
+def test_an_interrupted_export_leaves_no_folder(tmp_path, monkeypatch):
+    import open_clip_simzss
+    from open_clip_simzss.atomic import WriteError
+    from open_clip_simzss.checkpoint import CONFIG_NAME, CheckpointError, save_pretrained
+
+    model = open_clip_simzss.create_model("simzss-tiny")
+
+    def half_then_full(obj, handle, *args, **kwargs):
+        handle.write(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_full)
+    with pytest.raises(WriteError, match="no space left on the device"):
+        save_pretrained(model, tmp_path / "new" / "folder", model_name="simzss-tiny", safe_serialization="both")
+    assert os.listdir(tmp_path / "new") == []  # neither the folder nor its temporary one
+    monkeypatch.undo()
+    folder = save_pretrained(model, tmp_path / "new" / "folder", model_name="simzss-tiny")
+    assert sorted(os.listdir(folder)) == sorted([CONFIG_NAME, "open_clip_model.safetensors"])
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        save_pretrained(model, tmp_path / "a_file", model_name="simzss-tiny")
