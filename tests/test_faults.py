@@ -281,3 +281,12 @@ def test_an_interrupted_export_leaves_no_folder(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(CheckpointError, match="is a file, not a folder"):
         save_pretrained(model, tmp_path / "a_file", model_name="simzss-tiny")
+
+
+def test_resume_candidates_are_newest_first(tmp_path):
+    from training.main import checkpoint_candidates
+    for name in ("epoch_2.pt", "epoch_10.pt", "epoch_9.pt", "epoch_latest.pt", ".epoch_11.pt.123.tmp", "x.pt"):
+        (tmp_path / name).write_bytes(b"")
+    names = [os.path.basename(p) for p in checkpoint_candidates(tmp_path, most_recent=False)]
+    assert names == ["epoch_10.pt", "epoch_9.pt", "epoch_2.pt"]
+    assert os.path.basename(checkpoint_candidates(tmp_path, most_recent=True)[0]) == "epoch_latest.pt"

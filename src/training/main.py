@@ -186,9 +186,9 @@ def create_scheduler(optimizer, args, num_batches):
     raise ArgumentError(f"unknown --lr-scheduler {args.lr_scheduler}")
 
 
-def checkpoint_candidates(folder):
-    """This run's checkpoints, newest first: ``epoch_latest.pt`` (--save-most-recent), then ``epoch_N.pt``
-    by decreasing N."""
+def checkpoint_candidates(folder, most_recent: bool):
+    """This run's checkpoints, newest first: ``epoch_latest.pt`` when ``most_recent`` (--save-most-recent),
+    then ``epoch_N.pt`` by decreasing N."""
     if not os.path.isdir(folder):
         return []
     epochs = []
@@ -196,7 +196,7 @@ def checkpoint_candidates(folder):
         number = name.removeprefix("epoch_").removesuffix(".pt")
         if name.startswith("epoch_") and name.endswith(".pt") and number.isdigit():
             epochs.append((int(number), name))
-    names = ([LATEST_CHECKPOINT_NAME] if LATEST_CHECKPOINT_NAME in os.listdir(folder) else []) + \
+    names = ([LATEST_CHECKPOINT_NAME] if most_recent and LATEST_CHECKPOINT_NAME in os.listdir(folder) else []) + \
         [name for _, name in sorted(epochs, reverse=True)]
     return [os.path.join(folder, name) for name in names]
 
@@ -211,7 +211,7 @@ def resolve_resume(args):
         return args.resume, read_checkpoint(args.resume)
     resume_from = checkpoint = None
     if is_master(args):
-        for path in checkpoint_candidates(args.checkpoint_path):
+        for path in checkpoint_candidates(args.checkpoint_path, args.save_most_recent):
             try:
                 checkpoint = read_checkpoint(path)
             except CheckpointError as error:
