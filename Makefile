@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # The main job: SimZSS vs LiT on synthetic scenes, trained and evaluated on the CPU (report in demo_output/report/)
 demo: $(STAMP)
