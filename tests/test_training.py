@@ -160,7 +160,7 @@ def test_imagenet_zero_shot_evaluation_during_training(tmp_path, shards):
         (tmp_path / "imagenet" / wnid).mkdir(parents=True)
         for j in range(2):
             Image.new("RGB", (40, 40), (60 * i + 20 * j, 100, 150)).save(tmp_path / "imagenet" / wnid / f"{j}.jpg")
-    log_dir, _ = run(tmp_path, "imagenet", shards["clean"], "--epochs", "1", "--imagenet-val",
+    log_dir, _ = run(tmp_path, "imagenet", shards["clean"], "--epochs", "1", "--precision", "fp32", "--imagenet-val",
                      str(tmp_path / "imagenet"), samples=BATCH)
     results = json.loads((log_dir / "checkpoints" / "results.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= results["imagenet-zeroshot-val-top1"] <= 1.0
