@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from open_clip_simzss.datasets import (
@@ -260,3 +261,104 @@ def test_missing_or_malformed_folders_say_what_was_expected(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(rgb)
     with pytest.raises(DatasetError, match="mode RGB"):
         read_label(rgb)
+
+
+# --- your own dataset: folder:PATH ---------------------------------------------------------------------------
+@pytest.fixture
+def scenes(tmp_path):
+    from open_clip_simzss import synthetic
+    return synthetic.write_folder_dataset(tmp_path / "scenes", 4, seed=3, size=32)
+
+
+class OraclePredictor:
+    """A segmenter stand-in that predicts ``predict(image_index)`` for each image it is given."""
+
+    def __init__(self, dataset, predict):
+        self.by_pixels = {dataset.load_image(i).tobytes(): i for i in range(len(dataset))}
+        self.predict = predict
+
+    def predict_foreground_batch(self, images, with_confidence=True):
+        return [(torch.as_tensor(self.predict(self.by_pixels[im.tobytes()])), None) for im in images]
+
+
+def test_folder_dataset_round_trips_the_synthetic_scenes(scenes):
+    from open_clip_simzss import synthetic
+    from open_clip_simzss.evaluate import evaluate_dataset
+    ds = get_dataset(f"folder:{scenes}", None)
+    names = [c.name for c in synthetic.CATEGORIES]
+    assert ds.name == "synthetic_scenes" and len(ds) == 4 and ds.label_names == names
+    assert ds.protocol == {"short_side": 32, "max_long_side": 128, "window": 32, "stride": 16}
+    labels = [ds.load_label(i) for i in range(len(ds))]
+    assert all(np.array_equal(lbl, synthetic.make_scene(i, 3, 32)[1]) for i, lbl in enumerate(labels))
+
+    perfect = evaluate_dataset(OraclePredictor(ds, lambda i: labels[i]), ds, [None], progress=False, workers=0)
+    assert perfect["miou"] == 100.0
+    # a constant prediction c (the commonest class): IoU_c = pixels of c / all pixels, 0 for the other classes
+    # present, and the classes neither present nor predicted are left out
+    everything = np.concatenate([lbl.ravel() for lbl in labels])
+    c = np.bincount(everything).argmax()
+    constant = evaluate_dataset(OraclePredictor(ds, lambda i: np.full_like(labels[i], c)), ds, [None],
+                                progress=False, workers=0)
+    expected = 100 * np.mean(everything == c) / len(np.unique(everything))
+    assert constant["miou"] == round(expected, 2) and 0 < expected < 50
+
+
+def _edit(folder, what):
+    if what == "mask without image":
+        (folder / "images" / "scene_00000.jpg").unlink()
+    elif what == "image without mask":
+        (folder / "masks" / "scene_00000.png").unlink()
+    elif what == "no classnames":
+        (folder / "classnames.txt").unlink()
+    elif what == "unknown key":
+        (folder / "dataset.json").write_text('{"ignore_idx": 0}')
+    elif what == "bad protocol":
+        (folder / "dataset.json").write_text('{"protocol": {"window": 0}}')
+    elif what == "not json":
+        (folder / "dataset.json").write_text("{window: 3")
+
+
+@pytest.mark.parametrize("what, message", [
+    ("mask without image", r"mask .*scene_00000.png has no image in .*images \(1 masks without an image\)"),
+    ("image without mask", r"image .*scene_00000.jpg has no mask .*masks/scene_00000.png"),
+    ("no classnames", r"expected .*classnames.txt"),
+    ("unknown key", r"unknown key 'ignore_idx'"),
+    ("bad protocol", r"protocol 'window' must be a positive integer, got 0"),
+    ("not json", r"dataset.json is not valid JSON"),
+])
+def test_folder_dataset_mistakes_are_one_line(scenes, what, message):
+    _edit(scenes, what)
+    with pytest.raises(DatasetError, match=message) as error:
+        get_dataset(f"folder:{scenes}", None)
+    assert "\n" not in str(error.value)
+
+
+def test_label_values_outside_the_classes_name_the_file_and_the_value(scenes, data_root, tmp_path):
+    mask = scenes / "masks" / "scene_00002.png"
+    label = np.array(Image.open(mask))
+    label[0, 0] = 13  # the scenes have 13 classes: 0..12
+    Image.fromarray(label).save(mask)
+    ds = get_dataset(f"folder:{scenes}", None)
+    ds.load_label(1)
+    with pytest.raises(DatasetError, match=r"scene_00002.png has the value 13, outside the 13 classes "
+                                           r"\(values 0..12, 255 = ignore\)"):
+        ds.load_label(2)
+    # another ignore value: 0 is ignored, and 255 is no longer a valid value
+    (scenes / "dataset.json").write_text('{"ignore_index": 0, "reduce_zero_label": true}')
+    label[0, 0] = 255
+    Image.fromarray(label).save(mask)
+    ds = get_dataset(f"folder:{scenes}", None)
+    raw = np.array(Image.open(scenes / "masks" / "scene_00001.png"))
+    assert np.array_equal(ds.load_label(1), np.where(raw == 0, 255, raw - 1))
+    with pytest.raises(DatasetError, match=r"has the value 255, outside the 13 classes \(values 1..13, 0 = ignore\)"):
+        ds.load_label(2)
+    # the benchmarks too: VOC has 21 values (0 = background, 1..20)
+    voc = get_dataset("voc21", data_root)
+    path = voc.items[0][1]
+    bad = np.array(Image.open(path))
+    bad[0, 0] = 21
+    Image.fromarray(bad).save(tmp_path / "x.png")
+    voc.items[0] = (voc.items[0][0], tmp_path / "x.png")
+    with pytest.raises(DatasetError, match=r"x.png has the value 21, outside the 21 classes \(values 0..20 with "
+                                           r"0 = background, 255 = ignore\)"):
+        voc.load_label(0)

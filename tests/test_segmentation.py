@@ -185,11 +185,32 @@ def test_separable_stitching_equals_window_by_window(fake_model, tokenizer):
     # padded from 20 to 24 rows
     for size in [(64, 96), (40, 90), (20, 100)]:
         normalized = torch.randn(3, *size)
-        boxes, crop, padded, scores, _ = seg._window_scores(normalized)
+        (boxes, crop, padded, scores, _), = seg._window_scores([normalized])
         explicit = seg._stitch_windows(size, boxes, crop, padded, scores)
         separable = seg._stitch_separable(size, boxes, crop, padded, scores)
         torch.testing.assert_close(separable, explicit, atol=1e-5, rtol=1e-5)
         assert explicit.std() > 0.05
+
+
+@pytest.mark.parametrize("pamr", [False, True])
+def test_windows_batched_across_images_give_each_image_its_own_result(fake_model, tokenizer, pamr):
+    # windows of 20x32 crops (padded to 24x32 for the patch grid): 1 + 2 + 3 of the first three images, then
+    # one 32x20 crop, then 3 more 20x32: 4 per forward, crossing image boundaries, never mixing crop sizes
+    seg = make_segmenter(fake_model, tokenizer, short_side=20, window=32, stride=16, window_batch_size=4,
+                         pamr=pamr)
+    torch.manual_seed(3)
+    images = [torch.randint(0, 256, size + (3,), dtype=torch.uint8).numpy()
+              for size in [(40, 64), (30, 60), (40, 100), (64, 40), (40, 100)]]
+    calls = []
+    original = seg._patch_scores
+    seg._patch_scores = lambda crops: calls.append(len(crops)) or original(crops)
+    batched = seg.predict_foreground_batch(images)
+    assert calls == [4, 2, 1, 3]
+    seg._patch_scores = original
+    for image, (labels, confidence) in zip(images, batched):
+        single_labels, single_confidence = seg.predict_foreground(image)
+        assert torch.equal(labels, single_labels)
+        torch.testing.assert_close(confidence, single_confidence, atol=1e-6, rtol=1e-6)
 
 
 def test_windows_are_batched_and_cover_protocol_sizes(tokenizer):

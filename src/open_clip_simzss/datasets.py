@@ -30,9 +30,10 @@ never listed (it is not a text class: docs/evaluation.md, "Background").
 Context ``ImageSets/SegmentationContext/train.txt``, COCO ``train2017``, Cityscapes ``train``, ADE ``training``),
 used to select a background threshold away from the evaluated images (docs/evaluation.md, "Background").
 """
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -181,7 +182,8 @@ class SegmentationDataset:
     """
 
     def __init__(self, spec: DatasetSpec, root: Path, items: List[Tuple[Path, Path]],
-                 class_names: List[List[str]], class_name_set: str = "custom", split: str = "val"):
+                 class_names: List[List[str]], class_name_set: str = "custom", split: str = "val",
+                 stored_ignore_index: int = IGNORE_INDEX, protocol: Optional[Dict[str, int]] = None):
         self.spec = spec
         self.name = spec.name
         self.split = split
@@ -192,6 +194,9 @@ class SegmentationDataset:
         self.has_background = spec.has_background
         self.reduce_zero_label = spec.reduce_zero_label
         self.ignore_index = IGNORE_INDEX
+        # the ignore value in the label files (folder datasets may use another one; it is read as 255)
+        self.stored_ignore_index = stored_ignore_index
+        self.protocol = dict(protocol or {})  # a folder dataset's own resize/window settings (dataset.json)
 
     @property
     def num_classes(self) -> int:
@@ -211,7 +216,30 @@ class SegmentationDataset:
         return read_image(self.items[index][0])
 
     def load_label(self, index: int) -> np.ndarray:
-        return read_label(self.items[index][1], self.reduce_zero_label)
+        """The label map of image ``index``; a value outside the classes (and not the ignore index) is a
+        DatasetError naming the file and the value."""
+        path = self.items[index][1]
+        raw = read_label(path)
+        label = raw
+        if self.stored_ignore_index != IGNORE_INDEX:
+            label = np.where(raw == self.stored_ignore_index, IGNORE_INDEX,
+                             np.where(raw == IGNORE_INDEX, -1, raw))  # 255 is a class value there: refused
+        if self.reduce_zero_label:
+            label = reduce_zero_label(label)
+        bad = ((label < 0) | (label >= self.num_classes)) & (label != IGNORE_INDEX)
+        if bad.any():
+            value = int(raw[bad][0])
+            raise DatasetError(f"{self.name}: label {path} has the value {value}, outside the "
+                               f"{self.num_classes} classes ({self._label_rule()})")
+        return label
+
+    def _label_rule(self) -> str:
+        n, ignore = self.num_classes, self.stored_ignore_index
+        first = 1 if self.reduce_zero_label else 0
+        values = f"values {first}..{first + n - 1}"
+        if self.has_background:
+            values += " with 0 = background"
+        return f"{values}, {ignore} = ignore"
 
     def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         return self.load_image(index), self.load_label(index)
@@ -273,15 +301,21 @@ def _split_spec(spec: DatasetSpec, split: str) -> DatasetSpec:
 
 def get_dataset(name: str, root: PathLike, class_names: Optional[Union[PathLike, Sequence]] = None,
                 split: str = "val") -> SegmentationDataset:
-    """The ``name`` benchmark (see ``list_datasets()``) under ``root``.
+    """The ``name`` benchmark (see ``list_datasets()``) under ``root``, or ``folder:PATH``: your own dataset
+    (:func:`get_folder_dataset`; ``root`` is not used).
 
     Args:
         class_names: a named set (``CLASS_NAME_SETS``; default ``"mmseg"``), a file path, or a list of
             names/synonym lists. ``dataset.class_name_set`` records which.
         split: "val" (the benchmark) or "train" (the same layout's training split; docs/evaluation.md).
     """
+    if is_folder_dataset(name):
+        if split != "val":
+            raise DatasetError(f"{name}: a folder dataset has one split (its images/ and masks/)")
+        return get_folder_dataset(name[len(FOLDER_PREFIX):], class_names)
     if name not in SPECS:
-        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())} or "
+                           f"{FOLDER_PREFIX}PATH")
     spec = _split_spec(SPECS[name], split)
     folder = _dataset_folder(spec, Path(root).expanduser())
     items = _list_items(spec, folder)
@@ -301,6 +335,113 @@ def get_dataset(name: str, root: PathLike, class_names: Optional[Union[PathLike,
         raise DatasetError(f"{name}: {len(names)} class names given, the benchmark has {expected} text classes"
                            + (" (background is not a text class: leave it out)" if spec.has_background else ""))
     return SegmentationDataset(spec, folder, items, names, used, split)
+
+
+# --- your own dataset: --dataset folder:PATH (docs/evaluation.md, "Your own dataset") ------------------------
+FOLDER_PREFIX = "folder:"
+FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FOLDER_PROTOCOL_KEYS = ("short_side", "max_long_side", "window", "stride")
+FOLDER_OPTIONS = {"name": str, "ignore_index": int, "reduce_zero_label": bool, "background": bool,
+                  "protocol": dict}
+_FOLDER_LAYOUT = "PATH/{images/<id>.jpg|png, masks/<id>.png, classnames.txt, dataset.json (optional)}"
+
+
+def _folder_options(folder: Path) -> Dict:
+    """dataset.json, checked: known keys with the right types."""
+    path = folder / "dataset.json"
+    if not path.is_file():
+        return {}
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise DatasetError(f"{path} must hold a JSON object")
+    for key, value in options.items():
+        kind = FOLDER_OPTIONS.get(key)
+        if kind is None:
+            raise DatasetError(f"{path}: unknown key {key!r}; known: {', '.join(FOLDER_OPTIONS)}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DatasetError(f"{path}: {key!r} must be a {kind.__name__}, got {value!r}")
+    for key, value in options.get("protocol", {}).items():
+        if key not in FOLDER_PROTOCOL_KEYS:
+            raise DatasetError(f"{path}: unknown protocol key {key!r}; known: {', '.join(FOLDER_PROTOCOL_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DatasetError(f"{path}: protocol {key!r} must be a positive integer, got {value!r}")
+    if not 0 <= options.get("ignore_index", IGNORE_INDEX) <= 65535:
+        raise DatasetError(f"{path}: 'ignore_index' must be in 0..65535")
+    return options
+
+
+def _folder_items(folder: Path) -> List[Tuple[Path, Path]]:
+    """(image, mask) pairs matched by file stem, sorted by stem; a mask without an image, an image without a
+    mask, or two images with one stem is a DatasetError."""
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    for needed in (images_dir, masks_dir):
+        if not needed.is_dir():
+            raise DatasetError(f"folder dataset: expected {needed}/ (layout {_FOLDER_LAYOUT})")
+    images: Dict[str, Path] = {}
+    for path in sorted(images_dir.iterdir()):
+        if path.is_file() and path.suffix.lower() in FOLDER_IMAGE_SUFFIXES:
+            if path.stem in images:
+                raise DatasetError(f"folder dataset: two images named {path.stem}: {images[path.stem].name} and "
+                                   f"{path.name} in {images_dir}")
+            images[path.stem] = path
+    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png")) if p.is_file()}
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        raise DatasetError(f"folder dataset: mask {masks[orphans[0]]} has no image in {images_dir} "
+                           f"({len(orphans)} masks without an image)")
+    unlabelled = sorted(set(images) - set(masks))
+    if unlabelled:
+        raise DatasetError(f"folder dataset: image {images[unlabelled[0]]} has no mask {masks_dir}/"
+                           f"{unlabelled[0]}.png ({len(unlabelled)} images without a mask)")
+    if not images:
+        raise DatasetError(f"folder dataset: no images ({', '.join(FOLDER_IMAGE_SUFFIXES)}) in {images_dir}")
+    return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def get_folder_dataset(path: PathLike, class_names: Optional[Union[PathLike, Sequence]] = None
+                       ) -> SegmentationDataset:
+    """Your own dataset (``--dataset folder:PATH``): ``images/``, ``masks/`` (PNG of label indices, same file
+    stem), ``classnames.txt`` (one class a line, synonyms separated by ","), and an optional ``dataset.json``:
+    ``name`` (default: the folder name), ``ignore_index`` (255), ``reduce_zero_label`` (false: mask value i is
+    line i+1 of classnames.txt), ``background`` (false; true: mask value 0 is a background that the
+    evaluation's threshold decides, and classnames.txt lists the classes of values 1, 2, ...), ``protocol``
+    (``short_side``, ``max_long_side``, ``window``, ``stride``: this dataset's own resize and windows, unless
+    given on the command line). ``class_names``: another names file or list (default classnames.txt)."""
+    folder = Path(str(path)).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"folder dataset {folder}: not a folder (layout {_FOLDER_LAYOUT})")
+    options = _folder_options(folder)
+    items = _folder_items(folder)
+    if class_names is None or (isinstance(class_names, str) and class_names in CLASS_NAME_SETS):
+        names_file = folder / "classnames.txt"
+        if not names_file.is_file():
+            raise DatasetError(f"folder dataset: expected {names_file} (one class a line, synonyms separated "
+                               "by ',')")
+        names, used = load_class_names(names_file), str(names_file)
+    elif isinstance(class_names, (str, Path)):
+        names, used = load_class_names(class_names), str(class_names)
+    else:
+        names, used = [[c] if isinstance(c, str) else list(c) for c in class_names], "custom"
+    background = options.get("background", False)
+    if any(syns[0].lower() == "background" for syns in names) and background:
+        raise DatasetError(f"{used}: lists 'background', which dataset.json declares as mask value 0 decided by "
+                           "a threshold; leave it out of the class names")
+    ignore = options.get("ignore_index", IGNORE_INDEX)
+    if len(names) + int(background) > IGNORE_INDEX:
+        raise DatasetError(f"folder dataset {folder}: {len(names)} classes; at most {IGNORE_INDEX - 1} are "
+                           "supported")
+    name = options.get("name", folder.name)
+    spec = DatasetSpec(name, ".", "images", "masks", "", ".png", None, background,
+                       options.get("reduce_zero_label", False), hint=f"layout {_FOLDER_LAYOUT}")
+    return SegmentationDataset(spec, folder, items, names, used, "val", stored_ignore_index=ignore,
+                               protocol=options.get("protocol"))
+
+
+def is_folder_dataset(name: str) -> bool:
+    return name.startswith(FOLDER_PREFIX)
 
 
 _NUM_TEXT_CLASSES = {"voc20": 20, "voc21": 20, "context59": 59, "context60": 59, "coco_stuff": 171,

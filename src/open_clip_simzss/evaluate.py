@@ -12,13 +12,18 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+import torch
 from tqdm import tqdm
 
 from .datasets import BENCHMARK_ORDER, DatasetError, SegmentationDataset
+from .eval_state import PartialState
 from .metrics import IoUAccumulator, ThresholdSweep
+from .ranks import Ranks
 from .segmentation import ZeroShotSegmenter, sigmoid_threshold_of_cosine
+from .validation import check_count
 
 COLUMN_TITLES = {"voc20": "VOC20", "context59": "Context59", "coco_stuff": "COCO-Stuff", "cityscapes": "Cityscapes",
                  "ade20k": "ADE20K", "context60": "Context60", "coco_object": "COCO-Object", "voc21": "VOC21"}
@@ -63,39 +68,111 @@ def _prefetched(dataset: SegmentationDataset, indices: Sequence[int], workers: i
             yield i, item
 
 
-def _accumulate(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, indices: Sequence[int],
-                thresholds: List[float], progress: bool, workers: int, desc: str):
-    """Feed the images at ``indices`` through the segmenter: a ThresholdSweep on with-background sets, else an
-    IoUAccumulator."""
+@dataclass
+class EvaluationRun:
+    """How the images of an evaluation are run: by which processes (:class:`ranks.Ranks`), in which shards,
+    and where finished shards are kept for a rerun (docs/evaluation.md, "Many GPUs" and "Interrupted runs").
+
+    The images of a dataset are cut into shards of ``shard_size`` consecutive images; each rank takes a
+    round-robin share of the shards not finished yet; within a shard, ``images_per_batch`` consecutive images
+    share the vision tower's forwards. Each shard's counts are computed the same way whichever process runs
+    it, and integer counts add up exactly: the result does not depend on the number of processes or on
+    interruptions.
+    """
+
+    ranks: Ranks = field(default_factory=Ranks)
+    state: Optional[PartialState] = None
+    fingerprint: Dict = field(default_factory=dict)  # the settings the stored shards must match
+    shard_size: int = 100
+    images_per_batch: int = 1
+
+    def __post_init__(self):
+        check_count("shard_size", self.shard_size)
+        check_count("images_per_batch", self.images_per_batch)
+
+
+def _new_accumulator(dataset: SegmentationDataset, thresholds: List[float]):
     if dataset.has_background:
-        acc = ThresholdSweep(dataset.num_classes, thresholds, dataset.ignore_index)
-    else:
-        acc = IoUAccumulator(dataset.num_classes, dataset.ignore_index)
-    items = _prefetched(dataset, indices, workers)
-    for i, (image, label) in tqdm(items, total=len(indices), desc=desc, unit="img", disable=not progress,
-                                  file=sys.stderr):
+        return ThresholdSweep(dataset.num_classes, thresholds, dataset.ignore_index)
+    return IoUAccumulator(dataset.num_classes, dataset.ignore_index)
+
+
+def _run_images(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, items, count: int, acc,
+                images_per_batch: int, bar):
+    """Feed ``count`` (index, (image, label)) items through the segmenter into ``acc``, ``images_per_batch``
+    images per call."""
+    batch = []
+    for n in range(count):
+        i, (image, label) = next(items)
         if image.shape[:2] != label.shape:
             raise DatasetError(f"{dataset.name}: image {dataset.items[i][0]} is {image.shape[1]}x{image.shape[0]} "
                                f"but its label {dataset.items[i][1]} is {label.shape[1]}x{label.shape[0]}")
-        fg, conf = segmenter.predict_foreground(image, with_confidence=dataset.has_background)
-        if dataset.has_background:
-            acc.update(fg, conf, label)
-        else:
-            acc.update(fg, label)
+        batch.append((image, label))
+        if len(batch) == images_per_batch or n == count - 1:
+            outputs = segmenter.predict_foreground_batch([im for im, _ in batch],
+                                                         with_confidence=dataset.has_background)
+            for (fg, conf), (_, truth) in zip(outputs, batch):
+                if dataset.has_background:
+                    acc.update(fg, conf, truth)
+                else:
+                    acc.update(fg, truth)
+            bar.update(len(batch))
+            batch = []
+
+
+def _accumulate(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, indices: Sequence[int],
+                thresholds: List[float], progress: bool, workers: int, desc: str,
+                run: Optional[EvaluationRun] = None, part: str = "eval"):
+    """Feed the images at ``indices`` through the segmenter: a ThresholdSweep on with-background sets, else an
+    IoUAccumulator, summed over the processes of ``run`` and over the shards a previous run finished."""
+    run = run or EvaluationRun()
+    indices = list(indices)
+    shards = [indices[k: k + run.shard_size] for k in range(0, len(indices), run.shard_size)]
+    fingerprint = {**run.fingerprint, "part": part, "images": [indices[0], indices[-1]] if indices else []}
+    # Rank 0 reads the partial results and tells the others which shards are finished (the folder need not
+    # be shared between nodes); it alone adds their stored counts.
+    stored = run.state.finished_shards(dataset.name, part, fingerprint) if run.state and run.ranks.is_main else {}
+    done = torch.zeros(len(shards), dtype=torch.int64)
+    done[list(stored)] = 1
+    finished = set(torch.nonzero(run.ranks.from_main(done)).flatten().tolist())
+    acc = _new_accumulator(dataset, thresholds)
+    for counts in stored.values():
+        acc.add_counts(counts)
+    mine = run.ranks.mine(k for k in range(len(shards)) if k not in finished)
+    my_images = [i for k in mine for i in shards[k]]
+    if stored:
+        print(f"{desc}: {len(stored)} of {len(shards)} shards taken from the partial results in "
+              f"{run.state.folder} (--restart discards them)", file=sys.stderr)
+    if run.ranks.distributed:
+        desc += f" (rank 0 of {run.ranks.world_size})"
+    items = _prefetched(dataset, my_images, workers)
+    with tqdm(total=len(my_images), desc=desc, unit="img", disable=not (progress and run.ranks.is_main),
+              file=sys.stderr) as bar:
+        for k in mine:
+            shard = _new_accumulator(dataset, thresholds)
+            _run_images(segmenter, dataset, items, len(shards[k]), shard, run.images_per_batch, bar)
+            if run.state is not None:
+                run.state.save_shard(dataset.name, part, fingerprint, k, shard.counts())
+            acc.add_counts(shard.counts())
+    if run.ranks.distributed:
+        total = _new_accumulator(dataset, thresholds)
+        total.add_counts(run.ranks.sum(acc.counts()))
+        return total
     return acc
 
 
 def evaluate_dataset(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, thresholds: List[float],
                      limit: Optional[int] = None, progress: bool = True, workers: int = 2,
                      select_on: Optional[SegmentationDataset] = None, selection_images: int = 0,
-                     cosines: Optional[List[float]] = None) -> Dict:
+                     cosines: Optional[List[float]] = None, run: Optional[EvaluationRun] = None) -> Dict:
     """Run the segmenter over the dataset; returns the result dict of one dataset (see ``cli.evaluate``).
 
     With several ``thresholds`` on a with-background set, the threshold is selected on the first
     ``selection_images`` images of ``select_on``; when ``select_on`` is ``dataset`` itself, those images are
     held out (not in the reported mIoU). Without ``select_on`` it is selected on the reported images, and the
     result says "selected on the test split". ``cosines``: the sweep grid in cosine units, recorded beside each
-    threshold. ``limit`` bounds the number of reported images.
+    threshold. ``limit`` bounds the number of reported images. ``run``: processes, shards and partial results
+    (:class:`EvaluationRun`; default one process, nothing kept).
     """
     sweeping = dataset.has_background and len(thresholds) > 1
     start_index = 0
@@ -111,11 +188,12 @@ def evaluate_dataset(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset,
                                    "images leaves none to evaluate")
             start_index = n_sel
         selection = _accumulate(segmenter, select_on, range(n_sel), thresholds, progress, workers,
-                                f"{dataset.name} (select on {select_on.split})")
+                                f"{dataset.name} (select on {select_on.split})", run, part="select")
         where = f"{select_on.split}[:{n_sel}]" + (" (held out of the reported images)" if held_out else "")
     stop = len(dataset) if limit is None else min(len(dataset), start_index + limit)
     start = time.perf_counter()
-    acc = _accumulate(segmenter, dataset, range(start_index, stop), thresholds, progress, workers, dataset.name)
+    acc = _accumulate(segmenter, dataset, range(start_index, stop), thresholds, progress, workers, dataset.name,
+                      run)
     result = {"num_images": stop - start_index, "first_image": start_index, "num_classes": dataset.num_classes,
               "class_names": dataset.class_name_set, "seconds": round(time.perf_counter() - start, 2)}
     if not dataset.has_background:

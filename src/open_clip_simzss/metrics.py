@@ -55,6 +55,15 @@ class IoUAccumulator:
         """Add one image: ``pred`` and ``label`` of the same size, label 255 ignored."""
         self._add(*self._valid(pred, label))
 
+    def counts(self) -> torch.Tensor:
+        """The confusion matrix as a stack [1, C, C] int64: what ranks all-reduce and partial states store."""
+        return self.confusion.unsqueeze(0).clone()
+
+    def add_counts(self, counts: torch.Tensor):
+        """Add a stack from :meth:`counts` (another rank's, or a finished shard's). Integer counts: the sum
+        does not depend on the order, so any split of the images gives the same confusion matrix."""
+        self.confusion += _checked_counts(counts, 1, self.num_classes)[0]
+
     @property
     def intersection(self) -> np.ndarray:
         return self.confusion.diagonal().numpy().astype(np.float64)
@@ -123,10 +132,26 @@ class ThresholdSweep:
     def mious(self) -> List[float]:
         return [acc.miou() for acc in self.accumulators]
 
+    def counts(self) -> torch.Tensor:
+        """The confusion matrices of all thresholds, [T, C, C] int64."""
+        return torch.stack([acc.confusion for acc in self.accumulators])
+
+    def add_counts(self, counts: torch.Tensor):
+        counts = _checked_counts(counts, len(self.accumulators), self.accumulators[0].num_classes)
+        for acc, confusion in zip(self.accumulators, counts):
+            acc.confusion += confusion
+
     def best(self) -> int:
         """Index of the threshold with the highest mIoU (the first one on ties)."""
         mious = np.array([m if np.isfinite(m) else -np.inf for m in self.mious()])
         return int(np.argmax(mious))
+
+
+def _checked_counts(counts: torch.Tensor, stack: int, num_classes: int) -> torch.Tensor:
+    if counts.dtype != torch.int64 or tuple(counts.shape) != (stack, num_classes, num_classes):
+        raise ValueError(f"confusion counts must be int64 of shape {(stack, num_classes, num_classes)}, got "
+                         f"{counts.dtype} {tuple(counts.shape)}")
+    return counts.cpu()
 
 
 def parse_sweep(spec: str) -> List[float]:

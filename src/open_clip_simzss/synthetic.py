@@ -199,6 +199,23 @@ def write_eval_split(root, num_images: int, seed: int, size: int = 112, split: s
     return root
 
 
+def write_folder_dataset(root, num_images: int, seed: int, size: int = 112) -> Path:
+    """A dataset in the ``--dataset folder:PATH`` layout (docs/evaluation.md, "Your own dataset"):
+    ``images/*.jpg``, ``masks/*.png`` (label = category index), ``classnames.txt``, ``dataset.json`` (the
+    protocol of these small scenes: the whole image is one window)."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for index in range(num_images):
+        image, labels, _, _ = make_scene(index, seed, size)
+        Image.fromarray(image).save(root / "images" / f"scene_{index:05d}.jpg", quality=92)
+        Image.fromarray(labels).save(root / "masks" / f"scene_{index:05d}.png")
+    (root / "classnames.txt").write_text("\n".join(c.name for c in CATEGORIES) + "\n")
+    protocol = {"short_side": size, "max_long_side": 4 * size, "window": size, "stride": size // 2}
+    (root / "dataset.json").write_text(json.dumps({"name": "synthetic_scenes", "protocol": protocol}, indent=2))
+    return root
+
+
 def concept_bank_lines() -> List[str]:
     """The demo's concept bank: the category names."""
     return [c.name for c in CATEGORIES]
