@@ -83,7 +83,9 @@ def test_visualize_command(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--scales", "0"], "--scales must be positive"),
+    (["--scales", "0"], "--scales must be a finite number > 0, got 0.0"),
+    (["--scales", "1", "nan"], "--scales must be a finite number > 0, got nan"),
+    (["--labels", ""], "no labels given"),
     (["--image", "{tmp}/missing.jpg"], "image not found"),
     (["--labels", "cat", "--labels-file", "x.txt"], "not allowed with"),
     (["--labels", " , "], "no labels"),

@@ -4,6 +4,8 @@ A reader (``--resume latest``, a rerun of ``simzss-preprocess``, a user) then se
 complete new one, never a partial one, whatever interrupts the write (a kill, a full disk). Temporary names
 carry the process id, so two runs, or a run and the leftovers of a killed one, never write the same file.
 A failed write says why in one line (``WriteError``): no space left, permission denied, ...
+``check_output`` finds an unusable output location (unwritable, a file where a folder is wanted, ...) before
+long work starts, so that a run does not fail only when its results are ready.
 """
 import errno
 import json
@@ -83,6 +85,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             temporary.unlink()
         if isinstance(error, OSError) and not isinstance(error, WriteError):
             raise write_error(path, error) from None
+        if isinstance(error, WriteError) and str(temporary) in str(error):  # a file of the temporary folder:
+            raise WriteError(str(error).replace(str(temporary), str(path))) from None  # name the user's path
         raise
 
 
@@ -100,6 +104,45 @@ def write_json(path: PathLike, payload, **dump_options) -> Path:
     """``json.dump`` of ``payload`` to ``path``, atomically; NaN and infinities are refused (strict JSON)."""
     text = json.dumps(payload, allow_nan=False, **dump_options)
     return write_file(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def save_image(image, path: PathLike, **options) -> Path:
+    """``image.save`` of a PIL image, atomically; the format comes from the file name's extension."""
+    from PIL import Image
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"cannot write {path}: unknown picture format {path.suffix!r}")
+    return write_file(path, lambda handle: image.save(handle, format=image_format, **options))
+
+
+def save_figure(figure, path: PathLike, **options) -> Path:
+    """``figure.savefig`` of a matplotlib figure, atomically; the format comes from the file name's extension."""
+    path = Path(path)
+    return write_file(path, lambda handle: figure.savefig(handle, format=path.suffix[1:].lower() or None, **options))
+
+
+def check_output(path: PathLike, folder: bool = False) -> Path:
+    """Refuse an output location before any work (``WriteError``, one line): a folder where a file is wanted
+    or the reverse, a file on the way to it, or a place where this process cannot create files (a temporary
+    file is created and removed in the nearest existing folder). Creates nothing."""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise WriteError(f"cannot write {path}: it is a folder, not a file")
+    if path.exists() and not path.is_dir() and folder:
+        raise WriteError(f"cannot write {path}: it is a file, not a folder")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WriteError(f"cannot write {path}: {existing} is a file, not a folder")
+    probe = temporary_name(existing / ".write-probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as error:
+        raise write_error(path, error) from None
+    return path
 
 
 def _process_is_alive(pid: int) -> bool:

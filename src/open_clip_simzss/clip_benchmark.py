@@ -17,9 +17,15 @@ is parsed. ``register()`` also repairs clip_benchmark's zero-shot ``accuracy()``
 ``_topk_accuracy``). The checkpoint (``--checkpoint``, or clip_benchmark's ``--pretrained``) is anything
 ``open_clip_simzss.load_model`` takes; ``none`` (the default) builds the model with random weights, for smoke
 tests only, and says so.
+
+Output locations (``--output``'s folder, ``--output_dir``, merge's ``--output`` and ``--plot``) are checked before
+any model or result is read; the suite's summary, tables and plots are written atomically (``atomic``), so a
+full disk leaves no partial file. The per-dataset JSON files are written by clip_benchmark itself.
 """
+import contextlib
 import csv
 import glob
+import io
 import json
 import logging
 import math
@@ -28,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .atomic import WriteError, check_output, save_figure, write_file, write_json
 from .compat import accuracy_is_broken, topk_correct
 from .loading import load_model, load_tokenizer, model_config, resolve_checkpoint
 from .weights import CheckpointError
@@ -119,12 +126,20 @@ def _has_flag(argv: Sequence[str], *flags: str) -> bool:
 
 
 def _parse_clip_benchmark(argv: List[str]):
-    """clip_benchmark's own parser (it reads sys.argv), so every one of its flags keeps working."""
+    """clip_benchmark's own parser (it reads sys.argv), so every one of its flags keeps working. Its parse
+    errors (a usage dump, then ``prog: error: ...``) become one line (BenchmarkInputError)."""
     from clip_benchmark import cli
     saved = sys.argv
     sys.argv = [PROG, *argv]
+    errors = io.StringIO()
     try:
-        return cli.get_parser_args()[1]
+        with contextlib.redirect_stderr(errors):
+            return cli.get_parser_args()[1]
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            raise
+        lines = errors.getvalue().strip().splitlines() or ["error: bad arguments"]
+        raise BenchmarkInputError(lines[-1].split("error: ", 1)[-1]) from None
     finally:
         sys.argv = saved
 
@@ -153,6 +168,14 @@ def wds_root_problem(dataset: str, root_template: str, split: str = "test") -> O
     return None
 
 
+def _check_output_folder(folder: str):
+    """A results folder this process cannot write to is bad input, found before any model is loaded."""
+    try:
+        check_output(folder, folder=True)
+    except WriteError as e:
+        raise BenchmarkInputError(str(e)) from None
+
+
 def _validate_eval(args):
     """Fail before any model or data is loaded when the input cannot work."""
     if args.model_type != MODEL_TYPE or args.pretrained_model:
@@ -161,6 +184,9 @@ def _validate_eval(args):
         model_config(model, args.model_cache_dir)
         for pretrained in args.pretrained:
             resolve_pretrained(model, pretrained)
+    folder = os.path.dirname(args.output)
+    if folder and "{" not in folder:  # a templated folder is known per dataset only
+        _check_output_folder(folder)
     datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
     for dataset in datasets:
         if os.path.isfile(dataset):
@@ -225,6 +251,7 @@ def run_suite(model: str, checkpoint: str, dataset_root: str, output_dir: str, d
 
     datasets = read_dataset_list(datasets_file)
     dataset_root_for("wds/x", dataset_root)  # template errors surface now, not 38 times
+    _check_output_folder(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     # The output folder names the run; braces in it must survive clip_benchmark's str.format.
     out_dir = output_dir.replace("{", "{{").replace("}", "}}")
@@ -251,8 +278,7 @@ def run_suite(model: str, checkpoint: str, dataset_root: str, output_dir: str, d
 
     summary = {"model": model, "pretrained": checkpoint, "done": done, "skipped": skipped,
                "failed": failed}
-    with open(os.path.join(output_dir, "suite_summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(output_dir, "suite_summary.json"), summary, indent=2)
     print(f"suite: {len(done)} evaluated, {len(skipped)} skipped (missing root), {len(failed)} failed")
     for entry in skipped + failed:
         print(f"  {entry['dataset']}: {entry['reason']}")
@@ -379,11 +405,13 @@ def _table_lines(table: dict, fmt) -> List[List[str]]:
 
 
 def write_table(table: dict, prefix: str) -> Tuple[str, str]:
-    """``PREFIX.csv`` (2 decimals) and ``PREFIX.md`` (1 decimal, like the paper), values in %."""
+    """``PREFIX.csv`` (2 decimals) and ``PREFIX.md`` (1 decimal, like the paper), values in %; each written
+    atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     csv_path, md_path = prefix + ".csv", prefix + ".md"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(_table_lines(table, lambda v: f"{v:.2f}"))
+    rows = io.StringIO(newline="")
+    csv.writer(rows).writerows(_table_lines(table, lambda v: f"{v:.2f}"))
+    write_file(csv_path, lambda handle: handle.write(rows.getvalue().encode("utf-8")))
     lines = _table_lines(table, lambda v: f"{v:.1f}")
     md = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
     md += ["| " + " | ".join(cell or "–" for cell in line) + " |" for line in lines[1:]]
@@ -391,8 +419,8 @@ def write_table(table: dict, prefix: str) -> Tuple[str, str]:
     md.append(f"Values in %. Average over the {table['n_common']} dataset(s) every run has.")
     if table["missing"]:
         md.append(f"Left out of the average (missing in some run): {', '.join(table['missing'])}.")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
+    text = "\n".join(md) + "\n"
+    write_file(md_path, lambda handle: handle.write(text.encode("utf-8")))
     return csv_path, md_path
 
 
@@ -417,8 +445,10 @@ def plot_table(table: dict, path: str):
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=150)
+    finally:
+        plt.close(fig)
 
 
 def parse_run(spec: str) -> Tuple[str, str]:

@@ -94,6 +94,10 @@ def stable_concept_id(text: str) -> int:
     return int.from_bytes(digest, "big") >> 1  # non-negative and fits a torch.long
 
 
+class ConceptBankError(ValueError):
+    """A concept bank that cannot be used; the message is one line naming the file and the line."""
+
+
 class ConceptBank:
     """The set of concepts kept in captions and their stable ids.
 
@@ -117,7 +121,7 @@ class ConceptBank:
             for index, entry in enumerate(entries):
                 text = normalize_concept_text(entry)
                 if not text:
-                    raise ValueError(f"concept bank {source}: entry {index} is empty")
+                    raise ConceptBankError(f"concept bank {source}: entry {index} is empty")
                 self._entries.append(text)
                 if text not in self._id_by_text:
                     self._id_by_text[text] = index
@@ -129,14 +133,20 @@ class ConceptBank:
     def default(cls) -> "ConceptBank":
         """The project's bank, shipped as ``open_clip_simzss/data/concept_bank.txt`` (construction in its header)."""
         resource = importlib.resources.files("open_clip_simzss") / "data" / DEFAULT_BANK_RESOURCE
-        with resource.open("r", encoding="utf-8") as handle:
-            return cls(_entry_lines(handle), source="default")
+        return cls(_entry_lines(resource.read_bytes(), "default"), source="default")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ConceptBank":
-        """A bank from any text file with one concept per line (``#`` comments and blank lines skipped)."""
-        with open(path, "r", encoding="utf-8") as handle:
-            return cls(_entry_lines(handle), source=os.fspath(path))
+        """A bank from any UTF-8 text file with one concept per line.
+
+        Lines that are blank (only whitespace) or ``#`` comments are skipped wherever they are: they are not
+        entries and take no id. ``ConceptBankError`` (one line naming the file and the line number): a line
+        that is not UTF-8, or an entry with nothing left after ``normalize_concept_text`` (such as ``-`` or
+        ``_``: it would match no concept but still take an id).
+        """
+        with open(path, "rb") as handle:
+            data = handle.read()
+        return cls(_entry_lines(data, os.fspath(path)), source=os.fspath(path))
 
     @classmethod
     def none(cls) -> "ConceptBank":
@@ -219,11 +229,22 @@ class ConceptBank:
         return f"ConceptBank(source={self.source!r}, {size})"
 
 
-def _entry_lines(lines: Iterable[str]) -> Iterator[str]:
-    for line in lines:
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            yield stripped
+def _entry_lines(data: bytes, source: str) -> List[str]:
+    """The entries of a bank file's bytes (``ConceptBank.from_file``: what is skipped, what is refused)."""
+    entries = []
+    for number, raw in enumerate(data.splitlines(), 1):  # \n, \r\n and \r, as text-mode files split
+        try:
+            stripped = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ConceptBankError(f"concept bank {source}, line {number}: not UTF-8 text (byte "
+                                   f"0x{raw[e.start]:02x} at column {e.start + 1})") from None
+        if not stripped or stripped.startswith("#"):
+            continue
+        if not normalize_concept_text(stripped):
+            raise ConceptBankError(f"concept bank {source}, line {number}: entry {stripped!r} is empty once "
+                                   "normalised (only '-', '_' and spaces)")
+        entries.append(stripped)
+    return entries
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,15 +26,28 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar")
 
 
 def resolve_device(name: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """``name`` or, when None, CUDA if available else CPU; ValueError for an unknown or unavailable device."""
+    """``name`` or, when None, CUDA if available else CPU; ValueError (one line, starting with "device") for a
+    device that cannot run a model here: an unknown name, ``meta`` (tensors without data), CUDA or MPS when absent, a GPU index beyond
+    the GPUs present, any other device type."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {str(name)!r} is unknown (cpu, cuda or cuda:N)") from None
+    if device.type == "meta":
+        raise ValueError("device meta holds no data and cannot run a model: use cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} requested but there are {torch.cuda.device_count()} CUDA devices "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("device mps requested but MPS is not available")
+    elif device.type != "cpu":
+        raise ValueError(f"device {device.type} is not supported (cpu, cuda or cuda:N)")
     return device
 
 

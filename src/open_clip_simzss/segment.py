@@ -11,7 +11,6 @@ photo's size. Images: anything ``images.load_image`` reads. :func:`write_outputs
 background threshold), ``<name>_overlay.png`` (the colours on the photo, with a legend) and ``<name>.json``
 (labels, each label's pixel share and count, settings).
 """
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .atomic import save_image, write_json
 from .images import load_image
 from .segmentation import (
     BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCALE, DEFAULT_BACKGROUND_SCORE, MAX_LONG_SIDE, SHORT_SIDE, STRIDE, WINDOW,
     ZeroShotSegmenter,
 )
 from .text_classifier import DEFAULT_TEMPLATES, parse_labels
+from .validation import check_fraction, check_positive
 from .visualize import label_colors, label_map_image, overlay_with_legend
 
 BACKGROUND = "background"
@@ -114,13 +115,13 @@ class Segmenter:
                  window_batch_size: int = 4, device=None):
         if background_score not in BACKGROUND_SCORES:
             raise ValueError(f"background_score must be one of {BACKGROUND_SCORES}, got {background_score!r}")
+        self._classifiers: "OrderedDict[tuple, ZeroShotSegmenter]" = OrderedDict()
+        self.background_threshold = background_threshold  # checked now, not when the first labels come
         self.model, self.tokenizer = model.eval(), tokenizer
         self.options = dict(templates=templates, short_side=short_side, max_long_side=max_long_side,
                             window=window, stride=stride, background_score=background_score,
-                            background_scale=background_scale, pamr=pamr, window_batch_size=window_batch_size,
-                            device=device)
-        self._background_threshold = background_threshold
-        self._classifiers: "OrderedDict[tuple, ZeroShotSegmenter]" = OrderedDict()
+                            background_scale=check_positive("background_scale", background_scale), pamr=pamr,
+                            window_batch_size=window_batch_size, device=device)
 
     @classmethod
     def from_pretrained(cls, model_name: Optional[str] = None, checkpoint: Optional[str] = None, device=None,
@@ -138,6 +139,8 @@ class Segmenter:
 
     @background_threshold.setter
     def background_threshold(self, threshold: Optional[float]):
+        if threshold is not None:  # ValueError for nan, inf or a value outside [0, 1]
+            threshold = check_fraction("background_threshold", threshold)
         self._background_threshold = threshold
         for segmenter in self._classifiers.values():
             segmenter.background_threshold = threshold
@@ -173,18 +176,18 @@ class Segmenter:
 
 
 def write_outputs(result: SegmentationResult, out_dir: Path, stem: str, extra: dict, alpha: float = 0.5) -> Path:
-    """``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json``; returns the JSON path."""
+    """``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json``, each written atomically (a full disk
+    leaves no partial file: ``atomic.WriteError``); returns the JSON path."""
     label_png, overlay_png, report = out_dir / f"{stem}_labels.png", out_dir / f"{stem}_overlay.png", out_dir / f"{stem}.json"
-    result.label_map_image().save(label_png)
-    result.overlay(alpha).save(overlay_png)
+    save_image(result.label_map_image(), label_png)
+    save_image(result.overlay(alpha), overlay_png)
     counts = result.pixel_counts
     total = max(1, result.label_map.size)
     data = dict(extra, width=int(result.label_map.shape[1]), height=int(result.label_map.shape[0]),
                 labels=result.labels, shares={k: round(v / total, 6) for k, v in counts.items()}, pixels=counts,
                 label_map=label_png.name, overlay=overlay_png.name,
                 colors={n: [int(c) for c in col] for n, col in zip(result.labels, result.colors)})
-    report.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return report
+    return write_json(report, data, indent=2)
 
 
 if __name__ == "__main__":  # python -m open_clip_simzss.segment

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from .images import to_uint8_image
 from .pamr import PAMR
 from .text_classifier import DEFAULT_TEMPLATES, ClassNames, build_text_classifier, get_templates, synonym_lists
+from .validation import check_fraction, check_positive
 
 # --- the protocol (docs/evaluation.md, "Inference") ---------------------------------------------------------
 SHORT_SIDE = 448  # MMSeg img_scale=(MAX_LONG_SIDE, SHORT_SIDE), keep ratio
@@ -222,6 +223,9 @@ class ZeroShotSegmenter:
             raise ValueError(f"background_score must be one of {BACKGROUND_SCORES}, got {background_score!r}")
         if min(short_side, max_long_side, window, stride, window_batch_size) < 1:
             raise ValueError("sizes, stride and window_batch_size must be positive")
+        if background_threshold is not None:  # a foreground confidence, in [0, 1] for both scores
+            background_threshold = check_fraction("background_threshold", background_threshold)
+        background_scale = check_positive("background_scale", background_scale)
         self.model = model
         model_device, self.dtype = _model_device_dtype(model)
         self.device = torch.device(device) if device is not None else model_device

@@ -36,6 +36,11 @@ def check_non_negative(name: str, value) -> float:
     return check_number(name, value, minimum=0)
 
 
+def check_fraction(name: str, value) -> float:
+    """A finite number in [0, 1] (confidences, opacities)."""
+    return check_number(name, value, minimum=0, maximum=1)
+
+
 def check_count(name: str, value, minimum: int = 1) -> int:
     """An integer >= ``minimum`` (sizes, counts)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

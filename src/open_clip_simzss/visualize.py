@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import save_figure
 from .metrics import IGNORE_INDEX
 
 
@@ -175,7 +176,8 @@ def _figure(num_panels: int, aspect: float, extra_width: float = 0.0):
 
 
 def pca_figure(image: np.ndarray, panels: Sequence[np.ndarray], titles: Sequence[str], path) -> Path:
-    """Input | PCA panels, side by side (each panel shows its patch grid with nearest-neighbour pixels)."""
+    """Input | PCA panels, side by side (each panel shows its patch grid with nearest-neighbour pixels). Pictures
+    are written atomically (``atomic.save_figure``): a failed write leaves no partial file."""
     shown = _display_image(image)
     plt, fig, axes = _figure(1 + len(panels), shown.shape[0] / shown.shape[1])
     axes[0].imshow(shown)
@@ -183,8 +185,10 @@ def pca_figure(image: np.ndarray, panels: Sequence[np.ndarray], titles: Sequence
     for ax, panel, title in zip(axes[1:], panels, titles):
         ax.imshow(panel, interpolation="nearest")
         ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -208,8 +212,10 @@ def similarity_figure(image: np.ndarray, similarities: torch.Tensor, names: Sequ
         ax.set_title(name, fontsize=9)
     if artist is not None:
         fig.colorbar(artist, ax=axes, fraction=0.02, pad=0.01, label="cosine similarity")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 

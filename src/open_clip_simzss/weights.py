@@ -71,21 +71,33 @@ def first_names(names: Iterable[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+# Parameters whose shape says most about which config a checkpoint was trained with: a difference in one of them
+# is named first, with what it means.
+TELLING_SHAPES = {"text.positional_embedding": "another text width or context length",
+                  "text.text_projection": "another embedding size",
+                  "visual.trunk.pos_embed": "another vision width or token count",
+                  "visual.trunk.patch_embed.proj.weight": "another vision width or patch size"}
+
+
 def mismatch(expected: Dict[str, Tuple[int, ...]], found: Dict[str, Tuple[int, ...]],
              expected_name: str = "the model", found_name: str = "the checkpoint") -> Optional[str]:
-    """None when the names and shapes agree, else a one-line description of the difference."""
+    """None when the names and shapes agree, else a one-line description of the difference: the first shape
+    that differs (a ``TELLING_SHAPES`` one when there is one), then missing and unexpected names."""
     missing = set(expected) - set(found)
     unexpected = set(found) - set(expected)
     reshaped = [k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k])]
     parts = []
+    if reshaped:
+        rank = list(TELLING_SHAPES)
+        k = min(reshaped, key=lambda name: (rank.index(name) if name in rank else len(rank), name))
+        notes = [TELLING_SHAPES[k]] if k in TELLING_SHAPES else []
+        notes += [f"and {len(reshaped) - 1} more shapes differ"] if len(reshaped) > 1 else []
+        parts.append(f"{k} is {list(found[k])} in {found_name} but {list(expected[k])} in {expected_name}"
+                     + (f" ({'; '.join(notes)})" if notes else ""))
     if missing:
         parts.append(f"{found_name} lacks {first_names(missing)}")
     if unexpected:
         parts.append(f"{expected_name} has no {first_names(unexpected)}")
-    if reshaped:
-        k = sorted(reshaped)[0]
-        more = f" (and {len(reshaped) - 1} more shapes differ)" if len(reshaped) > 1 else ""
-        parts.append(f"{k} is {list(found[k])} in {found_name} but {list(expected[k])} in {expected_name}{more}")
     return "; ".join(parts) or None
 
 
@@ -100,7 +112,8 @@ def fit_state_dict(model: torch.nn.Module, weights: Union[str, Path, StateDict],
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)  # [] vs [1]
     problem = mismatch(shapes(own), shapes(state))
     if problem:
-        raise CheckpointError(f"checkpoint {source} does not fit {what} (a checkpoint of another model?): {problem}")
+        raise CheckpointError(f"checkpoint {source} does not fit {what} (was it trained with another --model?): "
+                              f"{problem}")
     return state
 
 

@@ -5,7 +5,8 @@ checkpoints, upload a model folder to the Hugging Face hub.
     simzss-checkpoint push --checkpoint simzss-coco --repo-id me/simzss-vitb14-coco
     simzss-checkpoint convert --checkpoint simzss_coco.pth --output simzss-vitb14-coco-ref
 
-``export`` reads the model name from the run's ``params.txt`` when ``--model`` is not given.
+``export`` reads the model name from the run's ``params.txt`` when ``--model`` is not given. ``--output`` is
+checked before any checkpoint is read; a folder appears complete or not at all (``checkpoint.save_pretrained``).
 """
 import sys
 
@@ -49,6 +50,8 @@ def build_parser():
 
 
 def checkpoint(args) -> int:
+    if args.command in ("export", "convert"):
+        common.check_output(args.output, folder=True)
     if args.command == "export":
         folder = export_checkpoint(args.checkpoint, args.output, args.model, FORMATS[args.format])
     elif args.command == "convert":

@@ -49,6 +49,8 @@ def suite(argv: List[str]) -> int:
 
 def merge(argv: List[str]) -> int:
     args = merge_parser().parse_args(argv)
+    for output in [args.output + ".csv", args.output + ".md"] + ([args.plot] if args.plot else []):
+        common.check_output(output)
     runs = {}
     for spec in args.runs:
         label, path = cb.parse_run(spec)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from .. import __version__
+from ..atomic import WriteError, check_output as check_writable
 from ..datasets import DatasetError
 from ..extras import MissingExtraError
 from ..loading import DEFAULT_MODEL, resolve_device
@@ -23,6 +24,7 @@ from ..segmentation import (
     MAX_LONG_SIDE, SHORT_SIDE, STRIDE, WINDOW,
 )
 from ..text_classifier import DEFAULT_TEMPLATES, TEMPLATE_SETS, parse_labels
+from ..validation import check_fraction, check_positive as check_positive_number
 from ..weights import CheckpointError, one_line
 
 EXIT_FAILURE = 1
@@ -170,9 +172,21 @@ def check_positive(args: argparse.Namespace, *names: str):
 
 
 def check_protocol(args: argparse.Namespace):
+    """The protocol flags of ``add_protocol_args``: sizes positive; ``--background-threshold`` a foreground
+    confidence (a finite number in [0, 1], sigmoid or softmax alike); ``--background-scale`` finite and > 0."""
     check_positive(args, "short_side", "window", "stride", *(["max_long_side"] if hasattr(args, "max_long_side") else []))
-    if getattr(args, "background_scale", 1) <= 0:
-        raise UsageError("--background-scale must be positive")
+    with bad_input(ValueError):
+        if getattr(args, "background_threshold", None) is not None:
+            check_fraction("--background-threshold", args.background_threshold)
+        if hasattr(args, "background_scale"):
+            check_positive_number("--background-scale", args.background_scale)
+
+
+def check_output(path, folder: bool = False):
+    """Refuse an unusable ``--output`` (unwritable, a folder where a file goes or the reverse, a file on the way)
+    before a model is loaded or any long work starts (``atomic.check_output``); creates nothing."""
+    with bad_input(WriteError):
+        check_writable(path, folder)
 
 
 def read_labels(args: argparse.Namespace) -> Optional[List[str]]:
@@ -196,9 +210,12 @@ def check_checkpoint(args: argparse.Namespace):
 
 
 def device(args: argparse.Namespace):
-    """The one device resolver (``loading.resolve_device``) with usage errors."""
-    with bad_input(ValueError):
+    """The one device resolver (``loading.resolve_device``, whose messages start with "device") with usage
+    errors naming the flag: ``--device meta holds no data ...``."""
+    try:
         return resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
 
 
 def load(args: argparse.Namespace, torch_device, precision: Optional[str] = None):

@@ -2,7 +2,7 @@
 ``open_clip_simzss.preprocess``. Exit status: 0 ok, 2 bad input, 1 when a shard could not be read."""
 import sys
 
-from ..concepts import DEFAULT_SPACY_MODEL, SpacyModelNotFoundError
+from ..concepts import DEFAULT_SPACY_MODEL, ConceptBankError, SpacyModelNotFoundError
 from ..extras import require_train_extra
 from ..preprocess import PreprocessError, preprocess_shards
 from . import common
@@ -29,7 +29,7 @@ def build_parser():
 def preprocess(args) -> int:
     require_train_extra("simzss-preprocess")
     common.check_positive(args, "workers", "batch_size")
-    with common.bad_input(PreprocessError, SpacyModelNotFoundError, FileNotFoundError):
+    with common.bad_input(PreprocessError, ConceptBankError, SpacyModelNotFoundError, FileNotFoundError):
         return preprocess_shards(args.input, args.output, args.workers, args.spacy_model, args.concept_bank,
                                  args.batch_size, args.shard_index, args.num_shards)
 

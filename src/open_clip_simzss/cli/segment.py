@@ -2,14 +2,16 @@
 
     simzss-segment --checkpoint simzss-coco --image photo.jpg more/ --labels "cat, grass, sky" --output out
 
-writes per image ``<name>_labels.png``, ``<name>_overlay.png`` and ``<name>.json`` (``segment.write_outputs``).
-Exit status: 0 ok, 2 bad input, 1 when some images could not be read.
+writes per image ``<name>_labels.png``, ``<name>_overlay.png`` and ``<name>.json`` (``segment.write_outputs``),
+each atomically; ``--output`` is checked before the model is loaded.
+Exit status: 0 ok, 2 bad input, 1 when some images could not be read or a result could not be written.
 """
 import sys
 from pathlib import Path
 
 from ..images import ImageError, collect_images, output_stems
 from ..segment import Segmenter, write_outputs
+from ..validation import check_fraction
 from . import common
 
 
@@ -33,8 +35,9 @@ def segment(args) -> int:
     with common.bad_input(ImageError):
         images = collect_images(args.image)
     common.check_protocol(args)
-    if not 0 <= args.alpha <= 1:
-        raise common.UsageError("--alpha must be between 0 and 1")
+    with common.bad_input(ValueError):
+        check_fraction("--alpha", args.alpha)
+    common.check_output(args.output, folder=True)
     common.check_checkpoint(args)
     device = common.device(args)
     model, tokenizer = common.load(args, device)

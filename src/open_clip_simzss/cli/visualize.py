@@ -1,13 +1,15 @@
 """``simzss-visualize``: PCA pictures of dense features at several input scales (paper Fig. 1) and per-label
 similarity heat maps (paper Fig. 3); see ``open_clip_simzss.visualize``.
 
-Exit status: 0 ok, 2 bad input, 1 when some images could not be read.
+Pictures are written atomically; ``--output`` is checked before the model is loaded.
+Exit status: 0 ok, 2 bad input, 1 when some images could not be read or a picture could not be written.
 """
 import sys
 from pathlib import Path
 
 from ..images import ImageError, collect_images, load_image, output_stems
 from ..segment import Segmenter
+from ..validation import check_positive
 from ..visualize import feature_pyramid, pca_figure, pca_panels, similarity_figure
 from . import common
 
@@ -33,13 +35,15 @@ def visualize(args) -> int:
     import open_clip
     from tqdm import tqdm
 
-    if not args.scales or min(args.scales) <= 0:
-        raise common.UsageError("--scales must be positive")
+    with common.bad_input(ValueError):
+        for scale in args.scales:
+            check_positive("--scales", scale)
     common.check_positive(args, "base_size", "max_tokens")
     common.check_protocol(args)
     labels = common.read_labels(args)
     with common.bad_input(ImageError):
         images = collect_images(args.image)
+    common.check_output(args.output, folder=True)
     common.check_checkpoint(args)
     device = common.device(args)
     model, tokenizer = common.load(args, device)
