@@ -9,7 +9,8 @@ For a VOC-like 500x375 image (-> 597x448, 2 windows; 20 classes) and a Cityscape
 background: the evaluation path), the time of the
 vision tower's forward on the windows (``model.encode_dense``), and everything else (resize and normalisation,
 classifier product, window upsampling and stitching, resize back to the original size with argmax and
-confidence) as a share of the total. Goal: overhead <= 10 %. The one-off text classifier (80 templates) is
+confidence) as a share of the total (goal: <= 5 %), and the evaluator's path, where ``--images-per-batch``
+consecutive images share the tower's forwards, against one image at a time. The one-off text classifier (80 templates) is
 timed separately and amortised over the split (VOC 1449 images, Cityscapes 500). Weights are random: speed
 does not depend on them.
 """
@@ -39,6 +40,7 @@ def main():
     p.add_argument("--images", type=int, default=3, help="timed images per case (plus one warm-up)")
     p.add_argument("--templates", default="openai80")
     p.add_argument("--window-batch-size", type=int, default=4)
+    p.add_argument("--images-per-batch", type=int, default=2, help="images whose windows share forwards")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, all cores)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -53,7 +55,7 @@ def main():
     results = []
     for name, size, classes, split, with_background in CASES:
         r = run_case(model, tokenizer, clock, tower, name, size, classes, split, with_background, args.images,
-                     args.templates, args.window_batch_size)
+                     args.templates, args.window_batch_size, args.images_per_batch)
         results.append(r)
         print(f"\n{name}: {r['windows_per_image']} windows, {r['classes']} classes")
         print(f"  {r['images_per_s']:.3f} images/s (median {r['median_s_per_image']:.3f} s/image, "
@@ -63,10 +65,12 @@ def main():
                   "to_original": "resize to original + argmax (+ confidence)"}
         for k, v in r["overhead_ms_per_image"].items():
             print(f"    {labels[k]}: {v:.1f} ms/image")
+        print(f"  {r['images_per_batch']} images per call (the evaluator's path): {r['batched_images_per_s']:.3f} "
+              f"images/s, {r['batched_speedup']:.2f}x one image at a time")
         print(f"  text classifier: {r['classifier_build_s']:.2f} s once = "
               f"{100 * r['classifier_amortised_share']:.2f} % over the {r['split_size']}-image split")
     worst = max(r["overhead_share"] for r in results)
-    print(f"\nworst overhead share: {100 * worst:.1f} % (goal <= 10 %)")
+    print(f"\nworst overhead share: {100 * worst:.1f} % (goal <= 5 %)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "device": str(device), "results": results}, f, indent=2)
