@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["scripts/train_coco.sh", "scripts/train_lit.sh", "scripts/download_coco.sh",
-           "scripts/slurm/lumi.sbatch", "scripts/slurm/generic.sbatch"]
+SCRIPTS = ["scripts/train_coco.sh", "scripts/train_lit.sh", "scripts/download_coco.sh", "scripts/evaluate.sh",
+           "scripts/slurm/lumi.sbatch", "scripts/slurm/generic.sbatch",
+           "scripts/slurm/evaluate_lumi.sbatch", "scripts/slurm/evaluate_generic.sbatch"]
+EVALUATE = "open_clip_simzss.evaluate"
 LR_BASE = 3e-5
 
 
@@ -45,11 +47,12 @@ def run(script, stubs, *args, check=True, **env_vars):
     return proc
 
 
-def training_args(stdout):
-    """The training.main arguments of the (last) printed command, as a dict flag -> value (None: a switch)."""
-    line = [ln for ln in stdout.splitlines() if "training.main" in ln][-1]
+def command_args(stdout, module="training.main"):
+    """The (last) printed command that runs ``module``: its words, the module's arguments, and these as a dict
+    flag -> value (None: a switch)."""
+    line = [ln for ln in stdout.splitlines() if module in ln][-1]
     words = shlex.split(line)
-    argv = words[words.index("training.main") + 1:]
+    argv = words[words.index(module) + 1:]
     flags = {}
     for i, word in enumerate(argv):
         if word.startswith("--"):
@@ -68,7 +71,7 @@ def test_syntax_strict_mode_and_usage_header(script):
 
 def test_coco_recipe_defaults(stubs):
     proc = run("scripts/train_coco.sh", stubs, DRY_RUN=1)
-    words, argv, flags = training_args(proc.stdout)
+    words, argv, flags = command_args(proc.stdout)
     # torchrun, one node, 8 processes, with the "--" that torch 2.14's torchrun needs before the module
     assert Path(words[0]).name == "torchrun" and words[words.index("-m") + 1] == "--"
     assert words[words.index("--nproc_per_node") + 1] == "8" and "--standalone" in words
@@ -89,18 +92,18 @@ def test_coco_recipe_defaults(stubs):
 
 
 def test_release_variant_and_its_refusal(stubs):
-    flags = training_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1, SIMZSS_VARIANT="release").stdout)[2]
+    flags = command_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1, SIMZSS_VARIANT="release").stdout)[2]
     assert flags["--simzss-variant"] == "release"
     bad = run("scripts/train_coco.sh", stubs, DRY_RUN=1, SIMZSS_VARIANT="authors", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: SIMZSS_VARIANT=authors")
     per_die = run("scripts/train_coco.sh", stubs, DRY_RUN=1, NUM_GPUS=16)
-    assert training_args(per_die.stdout)[2]["--batch-size"] == "1024" and "note:" not in per_die.stderr
+    assert command_args(per_die.stdout)[2]["--batch-size"] == "1024" and "note:" not in per_die.stderr
 
 
 def test_printed_command_is_what_training_main_and_torchrun_accept(stubs):
     from torch.distributed.run import get_args_parser
     from training.params import parse_args
-    words, argv, _ = training_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1).stdout)
+    words, argv, _ = command_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1).stdout)
     launcher = get_args_parser().parse_args(words[1:])
     assert launcher.module and launcher.training_script == "training.main" and launcher.training_script_args == argv
     args = parse_args(argv)
@@ -118,7 +121,7 @@ def test_printed_command_is_what_training_main_and_torchrun_accept(stubs):
 ])
 def test_batch_and_lr_scaling(stubs, env, batch, lr):
     proc = run("scripts/train_coco.sh", stubs, DRY_RUN=1, **env)
-    words, _, flags = training_args(proc.stdout)
+    words, _, flags = command_args(proc.stdout)
     assert int(flags["--batch-size"]) == batch and float(flags["--lr"]) == pytest.approx(lr)
     if env.get("LAUNCHER") == "python":
         assert words[1:4] == ["-u", "-m", "training.main"]
@@ -126,21 +129,21 @@ def test_batch_and_lr_scaling(stubs, env, batch, lr):
 
 def test_gpu_count_from_nvidia_smi(stubs):
     stubs[2]("nvidia-smi", 'for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 (UUID: GPU-$i)"; done')
-    words, _, flags = training_args(run("scripts/train_coco.sh", stubs, "--dry-run").stdout)
+    words, _, flags = command_args(run("scripts/train_coco.sh", stubs, "--dry-run").stdout)
     assert words[words.index("--nproc_per_node") + 1] == "4" and flags["--batch-size"] == "4096"
 
 
 def test_lit_is_the_same_recipe_with_lambda_zero(stubs):
-    coco = training_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1, NAME="x").stdout)[1]
-    lit = training_args(run("scripts/train_lit.sh", stubs, DRY_RUN=1, NAME="x", LAMBDA_CONCEPT=0.5).stdout)[1]
+    coco = command_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1, NAME="x").stdout)[1]
+    lit = command_args(run("scripts/train_lit.sh", stubs, DRY_RUN=1, NAME="x", LAMBDA_CONCEPT=0.5).stdout)[1]
     diff = [(a, b) for a, b in zip(coco, lit) if a != b]
     assert len(coco) == len(lit) and diff == [("0.05", "0")]
-    assert "-lit-" in training_args(run("scripts/train_lit.sh", stubs, "--dry-run").stdout)[2]["--name"]
+    assert "-lit-" in command_args(run("scripts/train_lit.sh", stubs, "--dry-run").stdout)[2]["--name"]
 
 
 def test_extra_arguments_come_last_and_recipe_overrides_warn(stubs):
     proc = run("scripts/train_coco.sh", stubs, "--dry-run", "--report-to", "wandb", "--epochs", "3")
-    argv = training_args(proc.stdout)[1]
+    argv = command_args(proc.stdout)[1]
     assert argv[-4:] == ["--report-to", "wandb", "--epochs", "3"]
     assert "warning: --epochs" in proc.stderr
 
@@ -151,7 +154,7 @@ def test_data_directory_becomes_a_brace_pattern(stubs, tmp_path):
     for i in range(3):
         (shards / f"{i:05d}.tar").write_bytes(b"")
     (shards / "preprocess_stats.json").write_text("{}")
-    flags = training_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1, DATA=shards).stdout)[2]
+    flags = command_args(run("scripts/train_coco.sh", stubs, DRY_RUN=1, DATA=shards).stdout)[2]
     assert flags["--train-data"] == f"{shards}/{{00000..00002}}.tar"
     bad = run("scripts/train_coco.sh", stubs, DATA=tmp_path / "missing", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
@@ -178,26 +181,33 @@ def test_sbatch_dry_run(stubs, sbatch):
         assert "--cpu-bind=mask_cpu:fe000000000000,fe00000000000000,fe0000,fe000000,fe,fe00,fe00000000," \
                "fe0000000000" in srun_line
     assert "MASTER_ADDR=nid005000" in proc.stderr and "MASTER_PORT=24242" in proc.stderr
-    words, argv, flags = training_args(proc.stdout)
+    words, argv, flags = command_args(proc.stdout)
     assert words[1:4] == ["-u", "-m", "training.main"] and flags["--batch-size"] == "1024"
     assert float(flags["--lr"]) == pytest.approx(LR_BASE * 64) and flags["--name"].endswith("-4242")
     assert argv[-2:] == ["--report-to", "tensorboard"]
+
+
+def srun_runs_task0(stubs):
+    """Replace the srun stub by one that records its options and runs the task command itself (as task 0, in
+    dry-run mode); returns the file it records to."""
+    _, calls, stub = stubs
+    stub("srun", f'echo "srun $*" >> "{calls}"\n'
+                 'while [ "${1#--}" != "$1" ]; do shift; done\n'
+                 'SLURM_PROCID=0 SLURM_LOCALID=0 DRY_RUN=1 exec "$@"')
+    return calls
 
 
 @pytest.mark.parametrize("sbatch", ["scripts/slurm/lumi.sbatch", "scripts/slurm/generic.sbatch"])
 def test_sbatch_real_path_with_srun_stub(stubs, tmp_path, sbatch):
     """Not a dry run: the stub srun records its options and runs the task command itself (as task 0, in dry-run
     mode), which checks the quoting of the per-task wrapper down to the training command."""
-    _, calls, stub = stubs
-    stub("srun", f'echo "srun $*" >> "{calls}"\n'
-                 'while [ "${1#--}" != "$1" ]; do shift; done\n'
-                 'SLURM_PROCID=0 SLURM_LOCALID=0 DRY_RUN=1 exec "$@"')
+    calls = srun_runs_task0(stubs)
     job = 900000 + os.getpid()
     proc = run(sbatch, stubs, "--lambda-concept", "0", TRAIN_SCRIPT="scripts/train_lit.sh",
                **dict(SLURM_ENV, SLURM_JOB_ID=job, SLURM_NNODES=1, SLURM_NTASKS=8))
     recorded = calls.read_text()
     assert recorded.startswith("srun ") and "scripts/train_lit.sh --lambda-concept 0" in recorded
-    flags = training_args(proc.stdout)[2]
+    flags = command_args(proc.stdout)[2]
     assert flags["--lambda-concept"] == "0" and flags["--batch-size"] == "2048" and "scontrol" not in recorded
     if "lumi" in sbatch:
         miopen = Path(f"/tmp/tester-miopen-cache-{job}")
@@ -208,6 +218,122 @@ def test_sbatch_real_path_with_srun_stub(stubs, tmp_path, sbatch):
 def test_sbatch_outside_slurm_refuses_to_run(stubs):
     proc = run("scripts/slurm/lumi.sbatch", stubs, check=False)
     assert proc.returncode == 2 and "sbatch" in proc.stderr and not stubs[1].exists()
+
+
+def evaluate_args(argv):
+    """``argv`` as open_clip_simzss.evaluate parses it."""
+    from open_clip_simzss.cli.evaluate import build_parser
+    return build_parser().parse_args(argv)
+
+
+def test_evaluate_torchrun_dry_run(stubs):
+    from torch.distributed.run import get_args_parser
+    stubs[2]("nvidia-smi", 'for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 (UUID: GPU-$i)"; done')
+    proc = run("scripts/evaluate.sh", stubs, "--dry-run", "--quiet", "--shard-size", "50",
+               CHECKPOINT="logs/coco-a/checkpoints/epoch_7.pt", SWEEP="0.0:0.4:0.01", PAMR=1)
+    words, argv, _ = command_args(proc.stdout, EVALUATE)
+    # torchrun on this node's 4 GPUs, with the "--" that torch 2.14's torchrun needs before the module
+    assert Path(words[0]).name == "torchrun" and words[words.index("-m") + 1] == "--"
+    launcher = get_args_parser().parse_args(words[1:])
+    assert launcher.module and launcher.training_script == EVALUATE and launcher.training_script_args == argv
+    assert launcher.nproc_per_node == "4" and launcher.standalone
+    args = evaluate_args(argv)
+    assert (args.model, args.checkpoint, args.dataset, args.data_root) == (
+        "simzss-vitb14", "logs/coco-a/checkpoints/epoch_7.pt", "all", "data")
+    # the documented sweep (docs/reproduce.md): selected on 500 training images
+    assert (args.background_sweep, args.sweep_on, args.pamr, args.precision) == ("0.0:0.4:0.01", "train:500", True,
+                                                                                 "fp32")
+    assert args.output == "results/coco-a-epoch_7-sweep-pamr.json"  # no date: a rerun resumes
+    assert args.quiet and args.shard_size == 50 and argv[-3:] == ["--quiet", "--shard-size", "50"]
+    assert "4 process(es)" in proc.stderr and "selected on train:500" in proc.stderr
+
+
+def test_evaluate_python_launcher_and_defaults(stubs):
+    proc = run("scripts/evaluate.sh", stubs, "--dataset", "voc21", DRY_RUN=1, LAUNCHER="python", PYTHON="/opt/py",
+               SLURM_NTASKS=16, CHECKPOINT="hf-hub:org/simzss b", DATASETS="voc20,context59", SWEEP="0:0.4:0.1",
+               SWEEP_ON="", PRECISION="amp_bf16", WORKERS=3)
+    words, argv, _ = command_args(proc.stdout, EVALUATE)
+    assert words[:4] == ["/opt/py", "-u", "-m", EVALUATE]
+    args = evaluate_args(argv)
+    assert args.checkpoint == "hf-hub:org/simzss b" and args.precision == "amp_bf16" and args.workers == 3
+    assert args.background_sweep == "0:0.4:0.1" and args.sweep_on is None and not args.pamr  # SWEEP_ON="": test split
+    assert args.output == "results/simzss-b-voc20-context59-sweep.json"
+    assert argv[argv.index("--dataset") + 1] == "voc20,context59" and argv[-2:] == ["--dataset", "voc21"]
+    assert args.dataset == "voc21"  # extra arguments come last, so they win
+    assert "16 process(es)" in proc.stderr and "selected on the test split" in proc.stderr
+    # defaults: one process without a GPU, no threshold sweep, a placeholder for the missing checkpoint
+    proc = run("scripts/evaluate.sh", stubs, DRY_RUN=1)
+    words, argv, _ = command_args(proc.stdout, EVALUATE)
+    assert words[words.index("--nproc_per_node") + 1] == "1"
+    assert argv == ["--model", "simzss-vitb14", "--checkpoint", "CHECKPOINT", "--dataset", "all", "--data-root", "data",
+                    "--precision", "fp32", "--output", "results/CHECKPOINT.json"]
+    assert "per-dataset default background thresholds" in proc.stderr
+
+
+def test_evaluate_runs_the_command_it_prints(stubs, tmp_path):
+    """Not a dry run: a stub python records the arguments and PYTHONPATH it is started with."""
+    calls = stubs[1]
+    stubs[2]("python-stub", f'printf "%s\\n" "$PYTHONPATH" "$@" > "{calls}"')
+    env = dict(LAUNCHER="python", PYTHON=stubs[0] / "python-stub", CHECKPOINT="ckpt.pt",
+               OUTPUT=tmp_path / "out" / "r.json")
+    printed = command_args(run("scripts/evaluate.sh", stubs, "--restart", DRY_RUN=1, **env).stdout, EVALUATE)[0]
+    run("scripts/evaluate.sh", stubs, "--restart", **env)
+    pythonpath, *args = calls.read_text().splitlines()
+    assert args == printed[1:] and pythonpath == f"{REPO}/src"
+    assert (tmp_path / "out").is_dir()  # the output's folder exists before the evaluation starts
+
+
+def test_evaluate_bad_settings_are_refused(stubs):
+    for env in (dict(SWEEP="0:0.4"), dict(SWEEP_ON="train:500"), dict(SWEEP="0:0.4:0.1", SWEEP_ON="train:0"),
+                dict(SWEEP="0:0.4:0.1", SWEEP_ON="test"), dict(PRECISION="fp16"), dict(PAMR="yes"),
+                dict(LAUNCHER="mpirun"), dict(NUM_GPUS=0), dict(NNODES=2), dict(WORKERS=-1)):
+        proc = run("scripts/evaluate.sh", stubs, DRY_RUN=1, check=False, **env)
+        assert proc.returncode == 2 and proc.stderr.startswith("error:") and not proc.stdout, (env, proc.stderr)
+    proc = run("scripts/evaluate.sh", stubs, check=False)  # a real run needs the checkpoint
+    assert proc.returncode == 2 and proc.stderr.startswith("error: CHECKPOINT is not set")
+
+
+def sbatch_header(script):
+    """The #SBATCH options of ``script``: option -> value (None: a switch)."""
+    options = [ln[len("#SBATCH "):].partition("=") for ln in (REPO / script).read_text().splitlines()
+               if ln.startswith("#SBATCH --")]
+    return {name: value if eq else None for name, eq, value in options}
+
+
+@pytest.mark.parametrize("sbatch", ["scripts/slurm/evaluate_lumi.sbatch", "scripts/slurm/evaluate_generic.sbatch"])
+def test_evaluate_sbatch_dry_run(stubs, sbatch):
+    header, training = sbatch_header(sbatch), sbatch_header(sbatch.replace("evaluate_", ""))
+    assert header["--job-name"] == "simzss-eval" and header["--nodes"] == "1"
+    assert header["--time"] < training["--time"]  # HH:MM:SS
+    # outside a job: the wrapper's one node, whatever the training script's default; TRAIN_SCRIPT does not apply
+    proc = run(sbatch, stubs, "--quiet", DRY_RUN=1, TRAIN_SCRIPT="scripts/train_lit.sh", CHECKPOINT="c.pt")
+    assert not stubs[1].exists()  # srun did not run
+    srun_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("srun "))
+    assert "--nodes=1 --ntasks=8 " in srun_line and "scripts/evaluate.sh --quiet" in proc.stdout
+    words, argv, _ = command_args(proc.stdout, EVALUATE)
+    assert words[1:4] == ["-u", "-m", EVALUATE] and argv[-1] == "--quiet"
+    assert "8 process(es)" in proc.stderr and "training.main" not in proc.stdout
+    # in a job: its nodes and tasks
+    proc = run(sbatch, stubs, DRY_RUN=1, **SLURM_ENV)
+    assert "--ntasks=16" in proc.stdout and "16 process(es)" in proc.stderr and "MASTER_PORT=24242" in proc.stderr
+    assert run(sbatch, stubs, check=False).returncode == 2  # outside SLURM, not a dry run
+
+
+@pytest.mark.parametrize("sbatch", ["scripts/slurm/evaluate_lumi.sbatch", "scripts/slurm/evaluate_generic.sbatch"])
+def test_evaluate_sbatch_real_path_with_srun_stub(stubs, sbatch):
+    calls = srun_runs_task0(stubs)
+    job = 910000 + os.getpid()
+    proc = run(sbatch, stubs, "--quiet", CHECKPOINT="logs/x y/checkpoints/epoch_7.pt", SWEEP="0.0:0.4:0.01",
+               **dict(SLURM_ENV, SLURM_JOB_ID=job, SLURM_NNODES=1, SLURM_NTASKS=8))
+    recorded = calls.read_text()
+    assert recorded.startswith("srun --nodes=1 --ntasks=8 ") and "scripts/evaluate.sh --quiet" in recorded
+    args = evaluate_args(command_args(proc.stdout, EVALUATE)[1])
+    assert args.checkpoint == "logs/x y/checkpoints/epoch_7.pt" and args.sweep_on == "train:500" and args.quiet
+    assert args.output == "results/x-y-epoch_7-sweep.json"
+    if "lumi" in sbatch:
+        miopen = Path(f"/tmp/tester-miopen-cache-{job}")
+        assert miopen.is_dir()  # created by the task wrapper on the node
+        miopen.rmdir()
 
 
 def test_download_dry_run_prints_the_pipeline_and_writes_nothing(stubs, tmp_path):
