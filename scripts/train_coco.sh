@@ -56,11 +56,9 @@ die() { echo "error: $*" >&2; exit 2; }
 # awk float arithmetic: calc '<expr>' -v name=value ...
 calc() { local expr="$1"; shift; awk "$@" "BEGIN { printf \"%.10g\", $expr }"; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-source "$REPO/scripts/lib/common.sh"  # print_cmd
+source "$REPO/scripts/lib/common.sh"  # print_cmd, default_python, count_gpus, torchrun_module
 
-if [[ -n "${PYTHON:-}" ]]; then :
-elif [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"
-else PYTHON=python3; fi
+default_python
 
 MODEL="${MODEL:-simzss-vitb14}"
 DATA="${DATA:-data/coco/concepts}"
@@ -104,8 +102,7 @@ case "$LAUNCHER" in
         if [[ -z "${NUM_GPUS:-}" ]]; then
             if [[ -n "${WORLD_SIZE:-}" ]]; then
                 NUM_GPUS=$(( WORLD_SIZE / NNODES ))
-            elif command -v nvidia-smi >/dev/null 2>&1 && n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU') \
-                    && [[ "$n" -gt 0 ]]; then
+            elif n=$(count_gpus); then
                 NUM_GPUS="$n"
             else
                 NUM_GPUS=8  # the paper's node: 8 GPUs (4 MI250x = 8 GCDs)
@@ -194,19 +191,10 @@ for arg in ${EXTRA[@]+"${EXTRA[@]}"}; do
 done
 
 if [[ "$LAUNCHER" == torchrun ]]; then
-    if [[ -n "${TORCHRUN:-}" ]]; then read -r -a CMD <<< "$TORCHRUN"
-    elif [[ -x "$(dirname "$PYTHON")/torchrun" ]]; then CMD=("$(dirname "$PYTHON")/torchrun")
-    elif command -v torchrun >/dev/null 2>&1; then CMD=(torchrun)
-    else CMD=("$PYTHON" -m torch.distributed.run); fi
-    CMD+=(--nproc_per_node "$NUM_GPUS")
     if (( NNODES > 1 )); then
-        CMD+=(--nnodes "$NNODES" --node_rank "${NODE_RANK:?NODE_RANK is needed when NNODES > 1}"
-              --master_addr "${MASTER_ADDR:?MASTER_ADDR is needed when NNODES > 1}"
-              --master_port "${MASTER_PORT:-29500}")
-    else
-        CMD+=(--standalone)
+        [[ -n "${NODE_RANK:-}" && -n "${MASTER_ADDR:-}" ]] || die "NNODES=$NNODES needs NODE_RANK and MASTER_ADDR"
     fi
-    CMD+=(-m -- training.main "${ARGS[@]}")   # the "--" is required, see the header
+    torchrun_module "$NUM_GPUS" "$NNODES" training.main "${ARGS[@]}"
 else
     CMD=("$PYTHON" -u -m training.main "${ARGS[@]}")
 fi
