@@ -308,3 +308,13 @@ def test_segmenters_refuse_bad_background_arguments(kwargs, message, tiny_model,
     with pytest.raises(ValueError) as error:  # at construction, not when the first labels come
         Segmenter(tiny_model, tokenizer, **kwargs)
     assert str(error.value) == message
+
+
+def test_bank_files_skip_blank_lines_and_refuse_empty_entries(tmp_path):
+    from open_clip_simzss.concepts import ConceptBank, ConceptBankError
+    (tmp_path / "spaced.txt").write_text("cat\n\n   \n# a comment\r\nsky\r\n", encoding="utf-8")
+    spaced = ConceptBank.from_file(tmp_path / "spaced.txt")
+    assert spaced.names == ["cat", "sky"] and spaced.sha256 == ConceptBank(["cat", "sky"]).sha256
+    (tmp_path / "empty.txt").write_text("cat\n_ -\nsky\n", encoding="utf-8")
+    with pytest.raises(ConceptBankError, match=r"empty\.txt, line 2: entry '_ -' is empty once normalised"):
+        ConceptBank.from_file(tmp_path / "empty.txt")

@@ -40,7 +40,9 @@ def read_checkpoint(path: Union[str, Path], weights_only: bool = True):
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - unpickling/format/network errors come in many types
         hint = " (it holds Python objects that weights_only=True refuses)" if "weights_only" in str(e) else ""
-        raise CheckpointError(f"cannot read checkpoint {path}{hint}: {type(e).__name__}: {one_line(e)[:300]}") from None
+        # The first sentence says what failed; torch's further sentences are generic advice.
+        reason = one_line(e).split(". ")[0][:300]
+        raise CheckpointError(f"cannot read checkpoint {path}{hint}: {type(e).__name__}: {reason}") from None
 
 
 def read_state_dict(path: Union[str, Path], weights_only: bool = True) -> StateDict:
