@@ -21,15 +21,6 @@ from PIL import Image
 from shards import write_shards
 from test_datasets import write_voc
 
-# Rows whose fix belongs to the evaluation (evaluate.py, cli/evaluate.py, datasets.py): allowed to fail until
-# that work is committed; remove a row's id from here to activate it.
-OWNER_PENDING = {
-    "evaluate: --output under a file, before evaluating": "the output location is checked only after evaluation",
-    "evaluate: --output unwritable, before evaluating": "the output location is checked only after evaluation",
-    "evaluate: label value out of range": "a label value outside the class range is not named with its file",
-    "evaluate: results JSON is strict": "NaN/Infinity are written into the JSON results",
-}
-
 COMMANDS = {"segment": "open_clip_simzss.cli.segment", "visualize": "open_clip_simzss.cli.visualize",
             "evaluate": "open_clip_simzss.cli.evaluate", "preprocess": "open_clip_simzss.cli.preprocess",
             "checkpoint": "open_clip_simzss.cli.checkpoint", "clip-benchmark": "open_clip_simzss.cli.clip_benchmark",
@@ -256,7 +247,7 @@ def enospc(monkeypatch):
 
 def row_params():
     for row in ROWS:
-        marks = [pytest.mark.xfail(reason=OWNER_PENDING[row[0]], strict=False)] if row[0] in OWNER_PENDING else []
+        marks = []
         if "/sys/" in " ".join(row[2]):
             marks.append(pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/sys"),
                                             reason="/sys is Linux's unwritable folder"))
@@ -283,7 +274,6 @@ def test_bad_input_is_one_line(command, argv, status, message, fault, world, tmp
     assert files_under(world["root"]) == before
 
 
-@pytest.mark.xfail(reason=OWNER_PENDING["evaluate: results JSON is strict"], strict=False)
 def test_evaluate_results_are_strict_json(world, tmp_path, capsys):
     """A class absent from the images has no IoU: the JSON says null, never NaN (strict readers refuse it)."""
     import json

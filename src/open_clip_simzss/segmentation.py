@@ -275,15 +275,19 @@ class ZeroShotSegmenter:
         return (resized - self.mean) / self.std, size
 
     # --- dense scores --------------------------------------------------------------------------------------
-    def _patch_scores(self, crops: torch.Tensor) -> torch.Tensor:
-        """Windows [N, 3, h, w] -> patch-level cosine scores [N, C, h/p, w/p]."""
+    def window_tokens(self, crops: torch.Tensor) -> torch.Tensor:
+        """Windows [N, 3, h, w] (normalised) -> unit-norm dense tokens [N, h/p, w/p, d] in fp32 (the tower in
+        bf16 autocast with ``precision="amp_bf16"``)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "amp_bf16"):
             tokens = self.model.encode_dense(crops.to(self.dtype), normalize=False)
-        tokens = F.normalize(tokens.float(), dim=-1)
-        return self.classifier.scores(tokens).permute(0, 3, 1, 2)
+        return F.normalize(tokens.float(), dim=-1)
 
-    def _window_scores(self, normalized: torch.Tensor):
-        """Patch scores of every window: (boxes, crop size, padded size, [N, C, hp, wp], crops or None)."""
+    def _patch_scores(self, crops: torch.Tensor) -> torch.Tensor:
+        """Windows [N, 3, h, w] -> patch-level cosine scores [N, C, h/p, w/p]."""
+        return self.classifier.scores(self.window_tokens(crops)).permute(0, 3, 1, 2)
+
+    def _window_layout(self, normalized: torch.Tensor):
+        """(boxes, crop size, padded size) of the windows of a normalised resized image."""
         height, width = normalized.shape[-2:]
         boxes = window_grid(height, width, self.window, self.stride)
         crop = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])  # all windows have one size
@@ -292,26 +296,52 @@ class ZeroShotSegmenter:
         # its patch scores are upsampled to the padded size and the padding is cut off again.
         p = self.patch_size
         padded = (crop[0] + -crop[0] % p, crop[1] + -crop[1] % p)
-        scores, all_crops = [], []
-        for start in range(0, len(boxes), self.window_batch_size):
-            crops = torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in
-                                 boxes[start: start + self.window_batch_size]])
+        return boxes, crop, padded
+
+    def _window_scores(self, images: Sequence[torch.Tensor]):
+        """Patch scores of every window of one or more normalised images, per image: (boxes, crop size, padded
+        size, [N, C, hp, wp], crops or None). Windows are batched across images, in order (``window_batch_size``
+        per forward, consecutive windows of one crop size): small images fill a forward together."""
+        layouts = [self._window_layout(n) for n in images]
+        windows = [(i, box) for i, (boxes, _, _) in enumerate(layouts) for box in boxes]
+        scores = [[] for _ in images]
+        crops_of = [[] for _ in images]
+        start = 0
+        while start < len(windows):
+            shape = layouts[windows[start][0]][1:]
+            stop = start + 1
+            while (stop < len(windows) and stop - start < self.window_batch_size
+                   and layouts[windows[stop][0]][1:] == shape):
+                stop += 1
+            (crop, padded), batch = shape, windows[start:stop]
+            crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in batch])
             if padded != crop:
                 crops = F.pad(crops, (0, padded[1] - crop[1], 0, padded[0] - crop[0]))
-            scores.append(self._patch_scores(crops))
-            if self.pamr is not None:
-                all_crops.append(crops[:, :, :crop[0], :crop[1]])
-        crops = torch.cat(all_crops) if all_crops else None
-        return boxes, crop, padded, torch.cat(scores), crops
+            batch_scores = self._patch_scores(crops)
+            for k, (i, _) in enumerate(batch):
+                scores[i].append(batch_scores[k: k + 1])
+                if self.pamr is not None:
+                    crops_of[i].append(crops[k: k + 1, :, :crop[0], :crop[1]])
+            start = stop
+        return [(boxes, crop, padded, torch.cat(scores[i]), torch.cat(crops_of[i]) if crops_of[i] else None)
+                for i, (boxes, crop, padded) in enumerate(layouts)]
 
     @torch.no_grad()
     def stitched_logits(self, normalized: torch.Tensor) -> torch.Tensor:
         """Slide inference on a normalised resized image [3, h, w] -> averaged cosine map [C, h, w]:
         per window, patch scores upsampled bilinearly to the window, summed, divided by the window count."""
-        boxes, crop, padded, scores, crops = self._window_scores(normalized)
-        if self.pamr is not None:
-            return self._stitch_windows(normalized.shape[-2:], boxes, crop, padded, scores, crops)
-        return self._stitch_separable(normalized.shape[-2:], boxes, crop, padded, scores)
+        return self.stitched_logits_batch([normalized])[0]
+
+    @torch.no_grad()
+    def stitched_logits_batch(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """``stitched_logits`` of several normalised images, their windows batched together."""
+        stitched = []
+        for image, (boxes, crop, padded, scores, crops) in zip(images, self._window_scores(images)):
+            if self.pamr is not None:
+                stitched.append(self._stitch_windows(image.shape[-2:], boxes, crop, padded, scores, crops))
+            else:
+                stitched.append(self._stitch_separable(image.shape[-2:], boxes, crop, padded, scores))
+        return stitched
 
     def _stitch_windows(self, size, boxes, crop, padded, scores, crops=None) -> torch.Tensor:
         """The protocol step by step: upsample each window (then PAMR, which is not linear), add, divide."""
@@ -366,6 +396,15 @@ class ZeroShotSegmenter:
         normalized, size = self.preprocess(image)
         return self.reduce_to_size(self.stitched_logits(normalized), size, with_confidence)
 
+    @torch.no_grad()
+    def predict_foreground_batch(self, images: Sequence, with_confidence: bool = True
+                                 ) -> List[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """``predict_foreground`` of several images, with their windows batched through the vision tower
+        together (the evaluator's path: a VOC image has 2 windows, a batch of 4 images fills a forward of 8)."""
+        prepared = [self.preprocess(image) for image in images]
+        stitched = self.stitched_logits_batch([normalized for normalized, _ in prepared])
+        return [self.reduce_to_size(s, size, with_confidence) for s, (_, size) in zip(stitched, prepared)]
+
     def reduce_to_size(self, stitched: torch.Tensor, size: Tuple[int, int], with_confidence: bool = True
                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The argmax and the confidence of the bilinear resize (align_corners=False) of [C, h, w] to ``size``
@@ -397,11 +436,12 @@ class ZeroShotSegmenter:
         # finite "minus infinity": -inf times a zero weight would be NaN
         second = flat.scatter(0, label[None], torch.finfo(flat.dtype).min).amax(dim=0)
         grid = label.view(h, w)
-        # Same label as the right, lower and lower-right neighbours (edges clamped like the taps).
-        right = torch.cat([grid[:, 1:], grid[:, -1:]], dim=1)
-        down = torch.cat([grid[1:], grid[-1:]], dim=0)
-        diag = torch.cat([right[1:], right[-1:]], dim=0)
-        uniform = (grid == right) & (grid == down) & (grid == diag)
+        # Same label as the right, lower and lower-right neighbours (edges clamped like the taps: on the last
+        # column the right neighbour is the pixel itself and the lower-right one the lower one, and so on).
+        uniform = torch.ones(h, w, dtype=torch.bool, device=device)
+        uniform[:, :-1] &= grid[:, :-1] == grid[:, 1:]
+        uniform[:-1] &= grid[:-1] == grid[1:]
+        uniform[:-1, :-1] &= grid[:-1, :-1] == grid[1:, 1:]
         labels = grid.index_select(0, rows0).index_select(1, cols0)
         mixed = ~uniform.index_select(0, rows0).index_select(1, cols0)
         sigmoid = with_confidence and self.background_score == "sigmoid"
