@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,3 +245,40 @@ def test_sweep_on_val_must_leave_images_to_report(data_root, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "voc21: selecting on 2 of its 2 images leaves none to evaluate" in err
     assert "Traceback" not in err and err.count("\n") == 2  # the random-weights warning, then the error
+
+
+@pytest.mark.parametrize("fewshot", ["train:2", "val:1"])
+def test_fewshot_from_replaces_the_text_rows(data_root, checkpoint, tmp_path, capsys, tokenizer, fewshot):
+    """--fewshot-from (the Table 8 diagnostic): the rows are the class means of the given images' dense tokens;
+    val:N holds those images out of the reported mIoU. Background (voc21) is not a class row: its pixels are
+    left out of the means."""
+    from open_clip_simzss.fewshot import fewshot_classifier
+    path, model = checkpoint
+    out = tmp_path / "fewshot.json"
+    rc = evaluate.main(["--model", "simzss-tiny", "--checkpoint", str(path), "--dataset", "voc21", "--data-root",
+                        str(data_root), "--background-threshold", "0.5", "--fewshot-from", fewshot, "--quiet",
+                        "--output", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    result = json.loads(out.read_text())["datasets"]["voc21"]
+    split, n = fewshot.split(":")
+    assert result["classifier"].startswith(f"few-shot from {split}[:{n}]") and "few-shot" in captured.out
+    source = get_dataset("voc21", data_root, split=split)
+    seg = ZeroShotSegmenter(model, tokenizer, source.class_names, templates="photo1", short_side=32, window=32,
+                            stride=16, background_threshold=0.5)
+    pairs = [(img, np.where((lbl == 0) | (lbl == 255), 255, lbl - 1)) for img, lbl in
+             (source[i] for i in range(int(n)))]
+    seg.classifier = fewshot_classifier(seg, pairs, 20)
+    first = int(n) if split == "val" else 0
+    val = get_dataset("voc21", data_root)
+    acc = IoUAccumulator(21)
+    for i in range(first, len(val)):
+        acc.update(seg.predict(val.load_image(i)), val.load_label(i))
+    assert result["first_image"] == first and result["num_images"] == len(val) - first
+    assert result["miou"] == round(acc.miou(), 2)
+
+
+def test_fewshot_and_selection_cannot_both_hold_out(data_root, capsys):
+    rc = evaluate.main(["--dataset", "voc21", "--data-root", str(data_root), "--background-sweep", "0:0.2:0.1",
+                        "--sweep-on", "val:1", "--fewshot-from", "val:1", *FAST])
+    assert rc == 2 and "both hold out" in capsys.readouterr().err

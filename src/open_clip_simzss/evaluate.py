@@ -164,7 +164,8 @@ def _accumulate(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, indi
 def evaluate_dataset(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset, thresholds: List[float],
                      limit: Optional[int] = None, progress: bool = True, workers: int = 2,
                      select_on: Optional[SegmentationDataset] = None, selection_images: int = 0,
-                     cosines: Optional[List[float]] = None, run: Optional[EvaluationRun] = None) -> Dict:
+                     cosines: Optional[List[float]] = None, run: Optional[EvaluationRun] = None,
+                     held_out: int = 0) -> Dict:
     """Run the segmenter over the dataset; returns the result dict of one dataset (see ``cli.evaluate``).
 
     With several ``thresholds`` on a with-background set, the threshold is selected on the first
@@ -172,10 +173,16 @@ def evaluate_dataset(segmenter: ZeroShotSegmenter, dataset: SegmentationDataset,
     held out (not in the reported mIoU). Without ``select_on`` it is selected on the reported images, and the
     result says "selected on the test split". ``cosines``: the sweep grid in cosine units, recorded beside each
     threshold. ``limit`` bounds the number of reported images. ``run``: processes, shards and partial results
-    (:class:`EvaluationRun`; default one process, nothing kept).
+    (:class:`EvaluationRun`; default one process, nothing kept). ``held_out``: the first images of ``dataset``
+    that are not reported (they built a few-shot classifier).
     """
     sweeping = dataset.has_background and len(thresholds) > 1
-    start_index = 0
+    if held_out >= len(dataset):
+        raise DatasetError(f"{dataset.name}: holding out {held_out} of its {len(dataset)} images leaves none to "
+                           "evaluate")
+    if held_out and select_on is dataset:
+        raise ValueError("held-out images and a selection on the evaluated split cannot be combined")
+    start_index = held_out
     selection = None
     if sweeping and select_on is not None:
         if selection_images < 1:
@@ -239,6 +246,8 @@ def print_dataset(name: str, result: Dict, per_class: bool = True, out=None):
     first = f", from image {result['first_image']}" if result.get("first_image") else ""
     print(f"\n== {name}: mIoU {_fmt(result['miou'])} ({result['num_images']} images{first}, "
           f"{result['num_classes']} classes, class names {result['class_names']}, {result['seconds']} s)", file=out)
+    if result.get("classifier", "text").startswith("few-shot"):
+        print(f"classifier: {result['classifier']}", file=out)
     bg = result["background"]
     if bg:
         line = (f"background: {bg['score']}" + (f" (scale {bg['scale']:g})" if bg["scale"] else "")

@@ -18,7 +18,9 @@ import sys
 from contextlib import ExitStack, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..atomic import check_output, write_json
 from ..datasets import (
@@ -51,6 +53,10 @@ def build_parser():
                    help="select the swept background threshold on the first N images of the training split, or "
                         "of the evaluated split (then held out of the reported mIoU); default: on the "
                         "evaluated images (labelled 'selected on the test split')")
+    p.add_argument("--fewshot-from", metavar="train:N|val:N",
+                   help="the few-shot diagnostic (the paper's Table 8), not zero-shot: each class's row is the mean "
+                        "dense token of its pixels in the first N images of the training split, or of the "
+                        "evaluated split (then held out of the reported mIoU); docs/evaluation.md")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     common.add_device_args(p, PRECISIONS)
     p.add_argument("--window-batch-size", type=int, default=4, help="windows per vision-tower forward")
@@ -114,16 +120,49 @@ def _checkpoint_identity(checkpoint):
     return {"path": str(Path(checkpoint).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _split_and_count(value, flag):
+    """"train:N" / "val:N" -> (split, N)."""
+    split, _, n = value.partition(":")
+    if split not in SPLITS or not n.isdigit() or int(n) < 1:
+        raise common.UsageError(f"bad {flag} {value!r}: expected train:N or val:N with N >= 1")
+    return split, int(n)
+
+
 def _sweep_on(args):
     """--sweep-on "train:N" / "val:N" -> (split, N), or None."""
     if args.sweep_on is None:
         return None
     if not args.background_sweep:
         raise common.UsageError("--sweep-on needs --background-sweep")
-    split, _, n = args.sweep_on.partition(":")
-    if split not in SPLITS or not n.isdigit() or int(n) < 1:
-        raise common.UsageError(f"bad --sweep-on {args.sweep_on!r}: expected train:N or val:N with N >= 1")
-    return split, int(n)
+    return _split_and_count(args.sweep_on, "--sweep-on")
+
+
+def _fewshot_from(args, sweep_on):
+    if args.fewshot_from is None:
+        return None
+    fewshot = _split_and_count(args.fewshot_from, "--fewshot-from")
+    if fewshot[0] == "val" and sweep_on and sweep_on[0] == "val":
+        raise common.UsageError("--fewshot-from val:N and --sweep-on val:M would both hold out the first images: "
+                                "use train: for one of them")
+    return fewshot
+
+
+def _text_class_labels(dataset, label):
+    """A label map in text-class indices: with-background sets shift by one and ignore the background."""
+    if not dataset.has_background:
+        return label
+    return np.where((label == 0) | (label == dataset.ignore_index), dataset.ignore_index, label - 1)
+
+
+def _fewshot_classifier(segmenter, dataset, source, images, ranks):
+    """The few-shot rows of ``dataset``'s classes from the first ``images`` images of ``source``."""
+    from ..fewshot import fewshot_classifier
+
+    count = min(images, len(source))
+    pairs = ((image, _text_class_labels(source, label)) for image, label in (source[i] for i in range(count)))
+    pairs = tqdm(pairs, total=count, desc=f"{dataset.name} (few-shot rows from {source.split})", unit="img",
+                 disable=not ranks.is_main, file=sys.stderr)
+    return fewshot_classifier(segmenter, pairs, len(dataset.class_names), dataset.ignore_index)
 
 
 def _sweep(args):
@@ -149,6 +188,7 @@ def _thresholds(args, name, sweep):
 def evaluate(args, explicit=frozenset()) -> int:
     names = _dataset_names(args)
     sweep_on = _sweep_on(args)
+    fewshot = _fewshot_from(args, sweep_on)
     sweep = _sweep(args)
     if args.output:  # before hours of work, not after
         with common.bad_input(OSError):
@@ -159,10 +199,10 @@ def evaluate(args, explicit=frozenset()) -> int:
         stack.callback(close_ranks, ranks)
         if not ranks.is_main:  # rank 0 speaks for all; errors are raised, so they still reach stderr
             stack.enter_context(redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        return _evaluate(args, names, sweep_on, sweep, ranks, explicit)
+        return _evaluate(args, names, sweep_on, fewshot, sweep, ranks, explicit)
 
 
-def _evaluate(args, names, sweep_on, sweep, ranks, explicit) -> int:
+def _evaluate(args, names, sweep_on, fewshot, sweep, ranks, explicit) -> int:
     datasets = [get_dataset(n, args.data_root, args.class_names) for n in names]
     seen = {}
     for n, d in zip(names, datasets):
@@ -172,6 +212,8 @@ def _evaluate(args, names, sweep_on, sweep, ranks, explicit) -> int:
         seen[d.name] = n
     selection_sets = {d.name: get_dataset(n, args.data_root, args.class_names, split="train")
                       for n, d in zip(names, datasets) if d.has_background and sweep_on and sweep_on[0] == "train"}
+    fewshot_sets = {d.name: get_dataset(n, args.data_root, args.class_names, split="train") if fewshot[0] == "train"
+                    else d for n, d in zip(names, datasets)} if fewshot else {}
     with ExitStack() as quiet:
         if not ranks.is_main:
             quiet.enter_context(redirect_stderr(quiet.enter_context(open(os.devnull, "w"))))
@@ -193,7 +235,7 @@ def _evaluate(args, names, sweep_on, sweep, ranks, explicit) -> int:
                      "stride": args.stride, "templates": args.templates, "class_names": args.class_names,
                      "synonyms": args.synonyms, "pamr": args.pamr, "background_score": args.background_score,
                      "background_scale": args.background_scale, "background_sweep": args.background_sweep,
-                     "sweep_on": args.sweep_on, "limit": args.limit},
+                     "sweep_on": args.sweep_on, "fewshot_from": args.fewshot_from, "limit": args.limit},
         "datasets": {},
     }
     for dataset in datasets:
@@ -224,10 +266,18 @@ def _evaluate(args, names, sweep_on, sweep, ranks, explicit) -> int:
             select_on = None
             if sweep_on and dataset.has_background:
                 select_on = selection_sets[dataset.name] if sweep_on[0] == "train" else dataset
+            held_out = 0
+            if fewshot:
+                segmenter.classifier = _fewshot_classifier(segmenter, dataset, fewshot_sets[dataset.name],
+                                                           fewshot[1], ranks)
+                held_out = min(fewshot[1], len(dataset)) if fewshot[0] == "val" else 0
             run = EvaluationRun(ranks, state, fingerprint, args.shard_size, args.images_per_batch)
             result = evaluate_dataset(segmenter, dataset, thresholds, args.limit, progress=not args.quiet,
                                       workers=args.workers, select_on=select_on,
-                                      selection_images=sweep_on[1] if sweep_on else 0, cosines=cosines, run=run)
+                                      selection_images=sweep_on[1] if sweep_on else 0, cosines=cosines, run=run,
+                                      held_out=held_out)
+            result["classifier"] = (f"few-shot from {fewshot_sets[dataset.name].split}[:{fewshot[1]}] (the Table 8 "
+                                    "diagnostic, not zero-shot)" if fewshot else "text (zero-shot)")
             if result["background"]:
                 result["background"]["source"] = source
             if dataset.protocol:
