@@ -2,6 +2,7 @@
 
     simzss-demo                 # ~7 minutes on 2 cores; writes demo_output/report/
     simzss-demo --quick         # a one-minute smoke run (tests)
+    simzss-demo --study lambda  # the paper's ablations on this bench (``studies.py``, docs/studies.md)
 
 Steps, each through the code path users run:
 1. generate seeded synthetic scenes (``synthetic.py``): training shards (img2dataset layout) and a held-out
@@ -35,6 +36,9 @@ from tqdm import tqdm
 
 from . import synthetic
 
+TRAIN_SEED = 10_000  # scene seeds of the training shards and of the held-out split (they must differ)
+EVAL_SEED = 20_000
+
 # A small prompt ensemble: with a single prompt, the effect of the concept loss on the EOS token is noisier.
 DEMO_TEMPLATES = ["a photo of a {}.", "a {}.", "there is a {} in the image.", "a picture of the {}.", "{}"]
 
@@ -57,6 +61,28 @@ class DemoConfig:
     def quick(cls) -> "DemoConfig":
         return cls(train_images=96, eval_images=12, seeds=[0], epochs=1, batch_size=32, warmup=2)
 
+    def bench(self) -> Dict:
+        """Everything a trained run and its evaluation depend on, except the run's own settings and seed."""
+        return {k: v for k, v in asdict(self).items() if k not in ("seeds", "lambda_concept", "workers")}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The hyperparameters a training run varies: the study axes. λ = 0 is LiT."""
+    lambda_concept: float = 0.05
+    concept_tau: float = 0.1
+    variant: str = "paper"  # "paper" or "release" (--simzss-variant)
+    bank: str = "demo"      # "demo" (the category names) or "none" (every concept kept)
+
+    def run_name(self, seed: int) -> str:
+        """One folder per run, named by all its hyperparameters, so that studies sharing an output folder train
+        every run once (the demo's SimZSS is the λ study's λ = 0.05, its LiT is λ = 0)."""
+        return (f"lam{self.lambda_concept:g}-tau{self.concept_tau:g}-{self.variant}-bank{self.bank}"
+                f"-seed{seed}")
+
+
+LIT = RunSettings(lambda_concept=0.0)
+
 
 def _run(cmd: List[str], log_path: Path):
     """Run a project CLI in a subprocess (exactly what a user types), its output to a log file."""
@@ -68,11 +94,26 @@ def _run(cmd: List[str], log_path: Path):
         raise RuntimeError(f"{' '.join(cmd[:3])} failed (see {log_path}):\n" + "\n".join(tail))
 
 
+class BenchMismatchError(ValueError):
+    """The output folder holds a bench made with another configuration (its runs cannot be reused)."""
+
+
 def make_data(cfg: DemoConfig, data: Path) -> Dict:
-    info = synthetic.write_train_shards(data / "train", cfg.train_images, seed=10_000, size=cfg.image_size,
+    """Scenes, concepts and the frozen tower in ``data``; made once per output folder (``bench.json`` records
+    the configuration, so runs cached under the folder are only reused by a run of the same bench)."""
+    marker = data / "bench.json"
+    pattern = str(data / "concepts" / "{00000..%05d}.tar")
+    if marker.exists():
+        made = json.loads(marker.read_text())
+        if made["config"] != cfg.bench():
+            raise BenchMismatchError(f"{data.parent} holds a bench made with another configuration "
+                                     f"({'--quick' if made['config'] == DemoConfig.quick().bench() else 'full'}): "
+                                     "use another --output folder")
+        return made["info"]
+    info = synthetic.write_train_shards(data / "train", cfg.train_images, seed=TRAIN_SEED, size=cfg.image_size,
                                         captions_per_image=cfg.captions_per_image,
                                         images_per_shard=max(16, cfg.train_images // 6))
-    synthetic.write_eval_split(data / "eval", cfg.eval_images, seed=20_000, size=cfg.image_size)
+    synthetic.write_eval_split(data / "eval", cfg.eval_images, seed=EVAL_SEED, size=cfg.image_size)
     (data / "bank.txt").write_text("\n".join(synthetic.concept_bank_lines()) + "\n")
     # The frozen tower plays the part of pretrained DINOv2: one fixed set of (random) weights, given to every run
     # as a local weights file, exactly as real DINOv2 weights are given offline. Seeds vary the text side.
@@ -83,43 +124,71 @@ def make_data(cfg: DemoConfig, data: Path) -> Dict:
     save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(data / "tower.safetensors"))
     _run(["-m", "open_clip_simzss.preprocess", "--input", info["pattern"], "--output", str(data / "concepts"),
           "--concept-bank", str(data / "bank.txt"), "--workers", "1"], data / "preprocess.log")
-    info["pattern"] = str(data / "concepts" / Path(info["pattern"]).name)
+    info["pattern"] = pattern % (info["num_shards"] - 1)
+    marker.write_text(json.dumps({"config": cfg.bench(), "info": info}, indent=2))
     return info
 
 
-def train(cfg: DemoConfig, info: Dict, out: Path, seed: int, lambda_concept: float) -> Path:
-    name = f"{'simzss' if lambda_concept > 0 else 'lit'}-seed{seed}"
+def concept_shards(info: Dict, data: Path, bank: str) -> str:
+    """The training shards annotated with ``bank``'s concepts: the demo bank's are made with the data; those of
+    ``none`` (every noun chunk a concept, Table 4's ablation) on first use."""
+    if bank == "demo":
+        return info["pattern"]
+    if bank != "none":
+        raise ValueError(f"bank must be 'demo' or 'none', got {bank!r}")
+    folder = data / "concepts-none"
+    if not (folder / "preprocess_stats.json").exists():
+        source = str(data / "train" / Path(info["pattern"]).name)
+        _run(["-m", "open_clip_simzss.preprocess", "--input", source, "--output", str(folder),
+              "--concept-bank", "none", "--workers", "1"], data / "preprocess-none.log")
+    return str(folder / Path(info["pattern"]).name)
+
+
+def train(cfg: DemoConfig, info: Dict, out: Path, seed: int, settings: RunSettings) -> Path:
+    """Train one run (or return its checkpoint when an earlier study or demo in ``out`` trained it)."""
+    name = settings.run_name(seed)
     checkpoint = out / "runs" / name / "checkpoints" / f"epoch_{cfg.epochs}.pt"
     if checkpoint.exists():
         return checkpoint
-    _run(["-m", "training.main", "--model", "simzss-tiny", "--train-data", info["pattern"],
+    data = out / "data"
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    bank = str(data / "bank.txt") if settings.bank == "demo" else settings.bank
+    _run(["-m", "training.main", "--model", "simzss-tiny", "--train-data", concept_shards(info, data, settings.bank),
           "--train-num-samples", str(info["num_samples"]), "--batch-size", str(cfg.batch_size),
           "--epochs", str(cfg.epochs), "--lr", str(cfg.lr), "--warmup", str(cfg.warmup), "--wd", "0.1",
           "--precision", "fp32", "--workers", str(cfg.workers), "--seed", str(seed),
-          "--lambda-concept", str(lambda_concept), "--concept-source", "stored",
-          "--concept-bank", str(out / "data" / "bank.txt"),
-          "--vision-weights", str(out / "data" / "tower.safetensors"),
+          "--lambda-concept", str(settings.lambda_concept), "--concept-tau", str(settings.concept_tau),
+          "--simzss-variant", settings.variant, "--concept-source", "stored", "--concept-bank", bank,
+          "--vision-weights", str(data / "tower.safetensors"),
           "--cache-vision-features", str(out / "cache"), "--logs", str(out / "runs"), "--name", name,
-          "--log-every-n-steps", "10", "--resume", "latest"], out / f"train-{name}.log")
+          "--log-every-n-steps", "10", "--resume", "latest"], out / "runs" / f"train-{name}.log")
     return checkpoint
 
 
-def load_split(root: Path):
-    images = sorted((root / "images" / "validation").glob("*.jpg"))
+def load_split(root: Path, split: str = "validation"):
+    """[(RGB image [H, W, 3] uint8, label map [H, W] uint8)] of an MMSeg-style folder."""
+    images = sorted((root / "images" / split).glob("*.jpg"))
     return [(np.array(Image.open(p).convert("RGB")), np.array(Image.open(
-        root / "annotations" / "validation" / (p.stem + ".png")))) for p in images]
+        root / "annotations" / split / (p.stem + ".png")))) for p in images]
 
 
-def evaluate(checkpoint: Path, split, class_names, image_size: int):
-    """Zero-shot segmentation of the held-out scenes: (summary dict, predictions)."""
+def load_run(checkpoint: Path):
+    """(model, tokenizer) of a trained run."""
     from .loading import load_model, load_tokenizer
-    from .metrics import IoUAccumulator
-    from .segmentation import ZeroShotSegmenter
-
     model, _ = load_model("simzss-tiny", str(checkpoint), device="cpu")
-    segmenter = ZeroShotSegmenter(model, load_tokenizer(model), class_names,
-                                  templates=DEMO_TEMPLATES, short_side=image_size, window=image_size,
-                                  stride=image_size // 2)
+    return model, load_tokenizer(model)
+
+
+def make_segmenter(model, tokenizer, class_names, image_size: int, templates=DEMO_TEMPLATES):
+    """The demo's ``ZeroShotSegmenter``: the whole scene is one window (stride half a window)."""
+    from .segmentation import ZeroShotSegmenter
+    return ZeroShotSegmenter(model, tokenizer, class_names, templates=templates, short_side=image_size,
+                             window=image_size, stride=image_size // 2)
+
+
+def score(segmenter, split, class_names):
+    """(summary dict of ``IoUAccumulator``, predictions) of ``segmenter`` on the split."""
+    from .metrics import IoUAccumulator
     acc = IoUAccumulator(len(class_names))
     predictions = []
     for image, label in split:
@@ -127,6 +196,11 @@ def evaluate(checkpoint: Path, split, class_names, image_size: int):
         acc.update(pred, label)
         predictions.append(pred)
     return acc.summary(class_names), predictions
+
+
+def evaluate(checkpoint: Path, split, class_names, image_size: int):
+    """Zero-shot segmentation of the held-out scenes: (summary dict, predictions)."""
+    return score(make_segmenter(*load_run(checkpoint), class_names, image_size), split, class_names)
 
 
 def chance_level(split, num_classes: int, seed: int = 0) -> float:
@@ -137,6 +211,10 @@ def chance_level(split, num_classes: int, seed: int = 0) -> float:
     for _, label in split:
         acc.update(rng.integers(0, num_classes, label.shape), label)
     return acc.miou()
+
+
+def demo_methods(cfg: DemoConfig) -> Dict[str, RunSettings]:
+    return {"SimZSS": RunSettings(lambda_concept=cfg.lambda_concept), "LiT": LIT}
 
 
 def _history(run_dir: Path) -> List[Dict]:
@@ -203,7 +281,7 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for method, style in (("SimZSS", "-"), ("LiT", "--")):
         for s in cfg.seeds:
-            hist = _history(out / "runs" / f"{method.lower()}-seed{s}")
+            hist = _history(out / "runs" / demo_methods(cfg)[method].run_name(s))
             if hist:
                 axes[0].plot([h["step"] for h in hist], [h["contrastive_loss"] for h in hist], style,
                              label=f"{method} seed {s}")
@@ -218,8 +296,8 @@ def write_report(cfg, out: Path, results, chance, split, predictions, class_name
     fig.savefig(report / "loss_curves.png", dpi=110)
     plt.close(fig)
 
-    model, _ = load_model("simzss-tiny", str(out / "runs" / f"simzss-seed{seed}" / "checkpoints"
-                                              / f"epoch_{cfg.epochs}.pt"), device="cpu")
+    model, _ = load_model("simzss-tiny", str(out / "runs" / demo_methods(cfg)["SimZSS"].run_name(seed)
+                                              / "checkpoints" / f"epoch_{cfg.epochs}.pt"), device="cpu")
     import open_clip
     pre = open_clip.get_model_preprocess_cfg(model)
     mean = torch.tensor(pre["mean"]).view(3, 1, 1)
@@ -259,9 +337,9 @@ def run_demo(output: str = "demo_output", quick: bool = False, seeds: Optional[L
     results = {"SimZSS": {}, "LiT": {}}
     predictions = {}
     for seed in cfg.seeds:
-        for method, lam in (("SimZSS", cfg.lambda_concept), ("LiT", 0.0)):
+        for method, settings in demo_methods(cfg).items():
             stages.set_postfix_str(f"train + evaluate {method}, seed {seed}")
-            checkpoint = train(cfg, info, out, seed, lam)
+            checkpoint = train(cfg, info, out, seed, settings)
             results[method][seed], preds = evaluate(checkpoint, split, class_names, cfg.image_size)
             if seed == cfg.seeds[0]:
                 predictions[method] = preds
