@@ -162,6 +162,8 @@ def train(cfg: DemoConfig, info: Dict, out: Path, seed: int, settings: RunSettin
           "--vision-weights", str(data / "tower.safetensors"),
           "--cache-vision-features", str(out / "cache"), "--logs", str(out / "runs"), "--name", name,
           "--log-every-n-steps", "10", "--resume", "latest"], out / "runs" / f"train-{name}.log")
+    for epoch in range(1, cfg.epochs):  # kept for --resume while the run trains; ~90 MB each, dozens of runs
+        (checkpoint.parent / f"epoch_{epoch}.pt").unlink(missing_ok=True)
     return checkpoint
 
 

@@ -44,7 +44,8 @@ def class_token_sums(segmenter, pairs: Iterable[Tuple[object, np.ndarray]], num_
                           + torch.arange(cols * p, device=label.device)[None] // p)
         for start in range(0, len(boxes), segmenter.window_batch_size):
             batch = boxes[start: start + segmenter.window_batch_size]
-            crops = F.pad(torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in batch]), (0, pad[1], 0, pad[0]))
+            crops = F.pad(torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in batch]),
+                          (0, pad[1], 0, pad[0]))
             labels = F.pad(torch.stack([label[y1:y2, x1:x2] for y1, y2, x1, x2 in batch]), (0, pad[1], 0, pad[0]),
                            value=ignore_index)
             with torch.autocast(segmenter.device.type, dtype=torch.bfloat16,

@@ -28,8 +28,8 @@ import numpy as np
 from . import demo, synthetic
 
 # The synthetic categories split as the paper's datasets do: backgrounds are "stuff", blobs are "objects".
-STUFF = [c.name for c in synthetic.BACKGROUNDS]
-OBJECTS = [c.name for c in synthetic.OBJECTS]
+STUFF_CLASSES = [c.name for c in synthetic.BACKGROUNDS]
+OBJECT_CLASSES = [c.name for c in synthetic.OBJECTS]
 METRICS = {"miou": "mIoU (ensemble)", "objects": "objects", "stuff": "stuff", "name": "mIoU (bare name)"}
 
 # Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (no scipy at run time).
@@ -64,20 +64,21 @@ def _tau(x):
     return Setting(f"τ = {x:g}", demo.RunSettings(concept_tau=x))
 
 
-SIMZSS = Setting("SimZSS (paper)", demo.RunSettings())
-LIT = Setting("LiT", demo.LIT)
+SIMZSS_ROW = Setting("SimZSS (paper)", demo.RunSettings())
+LIT_ROW = Setting("LiT", demo.LIT)
 LAMBDAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 TAUS = (0.01, 0.04, 0.07, 0.1, 0.4)
 
 STUDIES = {s.name: s for s in [
     Study("variants", "LiT vs SimZSS with the paper's loss vs SimZSS with the authors' released loss",
-          (LIT, SIMZSS, Setting("SimZSS (release)", demo.RunSettings(variant="release"))),
+          (LIT_ROW, SIMZSS_ROW, Setting("SimZSS (release)", demo.RunSettings(variant="release"))),
           (("SimZSS (paper)", "LiT"), ("SimZSS (release)", "LiT"), ("SimZSS (release)", "SimZSS (paper)")),
           ("LiT", "SimZSS (paper)", "SimZSS (release)"),
           "SimZSS beats LiT on all eight benchmarks (Tables 1-2: e.g. VOC20 90.3 vs 86.1, Context59 43.1 vs 35.5). "
           "The published numbers come from the released loss (argmax targets, class-row queries, sums of "
           "normalised token projections; docs/method.md); the paper never compares it with its own equations.",
-          (("SimZSS (paper) > LiT", "SimZSS (paper)", "LiT", 1), ("SimZSS (release) > LiT", "SimZSS (release)", "LiT", 1))),
+          (("SimZSS (paper) > LiT", "SimZSS (paper)", "LiT", 1),
+           ("SimZSS (release) > LiT", "SimZSS (release)", "LiT", 1))),
     Study("lambda", "The weight λ of the concept loss (λ = 0 is LiT)", tuple(_lam(x) for x in LAMBDAS),
           tuple((f"λ = {x:g}", "λ = 0") for x in LAMBDAS[1:]), ("λ = 0", "λ = 0.05"),
           "Table 9: λ = 0 (LiT) is worst; VOC20 89.8 / 89.8 / 90.3 / 90.1 and Context59 40.2 / 41.9 / 43.1 / 41.8 "
@@ -89,7 +90,7 @@ STUDIES = {s.name: s for s in [
           "temperatures are within 0.8 of each other, τ = 0.4 is clearly worse (-3.1 against τ = 0.1).",
           (("τ = 0.4 < τ = 0.1", "τ = 0.4", "τ = 0.1", -1),)),
     Study("bank", "The demo's concept bank (the 13 category names) vs no bank (every noun chunk a concept)",
-          (LIT, Setting("bank", demo.RunSettings()), Setting("no bank", demo.RunSettings(bank="none"))),
+          (LIT_ROW, Setting("bank", demo.RunSettings()), Setting("no bank", demo.RunSettings(bank="none"))),
           (("bank", "no bank"), ("bank", "LiT"), ("no bank", "LiT")), ("LiT", "bank", "no bank"),
           "Table 4: filtering concepts with the bank of class names helps, compared with keeping every noun "
           "chunk of the caption.",
@@ -210,8 +211,8 @@ def setting_metrics(bench: Bench, setting: Setting, seed: int) -> Dict[str, Opti
     readouts = ["fewshot"] if setting.readout == "fewshot" else ["ensemble", "name"]
     results = bench.result(setting.run, seed, readouts)
     main = results["fewshot" if setting.readout == "fewshot" else "ensemble"]
-    return {"miou": main["miou"], "objects": group_miou(main, OBJECTS), "stuff": group_miou(main, STUFF),
-            "name": results["name"]["miou"] if "name" in results else None}
+    return {"miou": main["miou"], "objects": group_miou(main, OBJECT_CLASSES),
+            "stuff": group_miou(main, STUFF_CLASSES), "name": results["name"]["miou"] if "name" in results else None}
 
 
 # --- the study ----------------------------------------------------------------------------------------------
@@ -291,18 +292,21 @@ def report_lines(results: Dict) -> List[str]:
              f"Bench (fixed before any result was seen): the demo's, unchanged — `simzss-tiny` with the fixed random "
              f"frozen tower, {cfg['train_images']} training scenes x {cfg['captions_per_image']} captions, "
              f"{cfg['epochs']} epochs of batch {cfg['batch_size']}, lr {cfg['lr']}; {results['eval_images']} held-out "
-             f"scenes, {len(OBJECTS)} object and {len(STUFF)} stuff classes; seeds {', '.join(map(str, results['seeds']))}"
+             f"scenes, {len(OBJECT_CLASSES)} object and {len(STUFF_CLASSES)} stuff classes; "
+             f"seeds {', '.join(map(str, results['seeds']))}"
              f" (a seed fixes the text tower's initialisation and the data order: settings are paired by seed). "
              f"Time {results['seconds'] / 60:.1f} min (runs already in the output folder are reused).", "",
              f"Mean ± sample standard deviation over {n} seed{'s' if n > 1 else ''}. Objects / stuff: the mean IoU of "
-             f"the {len(OBJECTS)} object classes ({', '.join(OBJECTS)}) / the {len(STUFF)} backgrounds "
-             f"({', '.join(STUFF)}), read from the same predictions as the ensemble mIoU. Bare name: the class name "
-             f"alone as the prompt, instead of the demo's {len(demo.DEMO_TEMPLATES)}-prompt ensemble.", "",
+             f"the {len(OBJECT_CLASSES)} object classes ({', '.join(OBJECT_CLASSES)}) / the {len(STUFF_CLASSES)} "
+             f"backgrounds ({', '.join(STUFF_CLASSES)}), read from the same predictions as the ensemble mIoU. Bare "
+             f"name: the class name alone as the prompt, instead of the demo's {len(demo.DEMO_TEMPLATES)}-prompt "
+             "ensemble.", "",
              "| setting | " + " | ".join(METRICS.values()) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for row in results["settings"]:
         lines.append(f"| {row['label']} | " + " | ".join(_cell(row["stats"][m]) for m in METRICS) + " |")
     lines += ["", "Paired differences a − b (mean over seeds [95 % t-interval across seeds]; * = the interval "
-              "excludes 0):", "", "| a − b | " + " | ".join(METRICS.values()) + " |", "|---" * (len(METRICS) + 1) + "|"]
+              "excludes 0):", "", "| a − b | " + " | ".join(METRICS.values()) + " |",
+              "|---" * (len(METRICS) + 1) + "|"]
     for c in results["comparisons"]:
         lines.append(f"| {c['a']} − {c['b']} | " + " | ".join(_diff_cell(c["diff"].get(m)) for m in METRICS) + " |")
     lines += ["", "Per seed, mIoU (ensemble):", "",
@@ -324,7 +328,8 @@ def report_lines(results: Dict) -> List[str]:
     lines += ["", "Reading: 'agrees' / 'disagrees' only where the 95 % interval excludes 0; 'not separated' means "
               "this bench, with these seeds, cannot tell the settings apart, which is neither a confirmation nor a "
               "refutation of the paper. The bench is tiny (a random frozen tower, 13 classes): the paper's "
-              "magnitudes are not expected, only its directions.", "", f"![{results['study']}]({results['study']}.png)", ""]
+              "magnitudes are not expected, only its directions.", "",
+              f"![{results['study']}]({results['study']}.png)", ""]
     return lines
 
 
