@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .demo import DEMO_TEMPLATES, DemoConfig
+from .demo import DEMO_TEMPLATES, DemoConfig, demo_methods
 from .images import ImageError, load_image
 from .segment import Segmenter, write_outputs
 from .segmentation import BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCORE, DEFAULT_BACKGROUND_THRESHOLD
@@ -80,8 +80,9 @@ def find_demo_model(root) -> Optional[EmbeddedModel]:
     """The SimZSS model of a demo output folder (``simzss-demo --output root``, quick or full): the lowest seed's
     last epoch; None when there is none."""
     root = Path(root)
-    runs = sorted(root.glob("runs/simzss-seed*/checkpoints"),
-                  key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
+    # the demo's SimZSS runs, one per seed
+    runs = sorted(root.glob(f"runs/{demo_methods(DemoConfig())['SimZSS'].run_name('*')}/checkpoints"),
+                  key=lambda p: int(re.search(r"seed(\d+)$", p.parent.name).group(1)))
     for folder in runs:
         epochs = sorted(folder.glob("epoch_*.pt"), key=_epoch)
         if epochs and (root / "data" / "eval" / "images").is_dir():
@@ -111,7 +112,7 @@ def train_quick_model(folder, log: Callable[[str], None] = print) -> EmbeddedMod
     log(f"  1/2 synthetic scenes and spaCy concepts ({cfg.train_images} training images)")
     info = demo.make_data(cfg, work / "data")
     log(f"  2/2 training simzss-tiny with SimZSS ({cfg.epochs} epoch, batch {cfg.batch_size})")
-    demo.train(cfg, info, work, DEMO_SEED, cfg.lambda_concept)
+    demo.train(cfg, info, work, DEMO_SEED, demo.demo_methods(cfg)["SimZSS"])
     for unused in (work / "data" / "train", work / "data" / "concepts", work / "cache"):  # training inputs only
         shutil.rmtree(unused, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
