@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import IGNORE_INDEX
-from .segmentation import window_grid
 from .text_classifier import TextClassifier
 
 
@@ -36,22 +35,18 @@ def class_token_sums(segmenter, pairs: Iterable[Tuple[object, np.ndarray]], num_
         height, width = normalized.shape[-2:]
         if (height, width) != tuple(size):  # labels follow the image to the processing resolution
             label = F.interpolate(label[None, None].float(), size=(height, width), mode="nearest")[0, 0].long()
-        boxes = window_grid(height, width, segmenter.window, segmenter.stride)
-        crop = (boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2])
-        pad = (-crop[0] % p, -crop[1] % p)  # the segmenter pads such crops with the mean colour
-        rows, cols = (crop[0] + pad[0]) // p, (crop[1] + pad[1]) // p
+        boxes, crop, padded = segmenter.window_layout(normalized)  # the segmenter's windows and padding
+        pad = (padded[0] - crop[0], padded[1] - crop[1])
+        rows, cols = padded[0] // p, padded[1] // p
         patch_of_pixel = (torch.arange(rows * p, device=label.device)[:, None] // p * cols
                           + torch.arange(cols * p, device=label.device)[None] // p)
         for start in range(0, len(boxes), segmenter.window_batch_size):
             batch = boxes[start: start + segmenter.window_batch_size]
-            crops = F.pad(torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in batch]),
-                          (0, pad[1], 0, pad[0]))
+            crops = F.pad(torch.stack([normalized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in batch]), (0, pad[1], 0, pad[0]))
             labels = F.pad(torch.stack([label[y1:y2, x1:x2] for y1, y2, x1, x2 in batch]), (0, pad[1], 0, pad[0]),
                            value=ignore_index)
-            with torch.autocast(segmenter.device.type, dtype=torch.bfloat16,
-                                enabled=segmenter.precision == "amp_bf16"):
-                tokens = segmenter.model.encode_dense(crops.to(segmenter.dtype), normalize=False)
-            tokens = F.normalize(tokens.float(), dim=-1).reshape(-1, tokens.shape[-1])  # [N * rows * cols, d]
+            tokens = segmenter.window_tokens(crops)
+            tokens = tokens.reshape(-1, tokens.shape[-1])  # [N * rows * cols, d], unit norm
             keep = labels != ignore_index
             patch = patch_of_pixel + torch.arange(len(batch), device=label.device)[:, None, None] * (rows * cols)
             # pixels of class c in each patch: the weights of that patch's token in class c's sum

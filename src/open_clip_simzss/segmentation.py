@@ -286,7 +286,7 @@ class ZeroShotSegmenter:
         """Windows [N, 3, h, w] -> patch-level cosine scores [N, C, h/p, w/p]."""
         return self.classifier.scores(self.window_tokens(crops)).permute(0, 3, 1, 2)
 
-    def _window_layout(self, normalized: torch.Tensor):
+    def window_layout(self, normalized: torch.Tensor):
         """(boxes, crop size, padded size) of the windows of a normalised resized image."""
         height, width = normalized.shape[-2:]
         boxes = window_grid(height, width, self.window, self.stride)
@@ -302,7 +302,7 @@ class ZeroShotSegmenter:
         """Patch scores of every window of one or more normalised images, per image: (boxes, crop size, padded
         size, [N, C, hp, wp], crops or None). Windows are batched across images, in order (``window_batch_size``
         per forward, consecutive windows of one crop size): small images fill a forward together."""
-        layouts = [self._window_layout(n) for n in images]
+        layouts = [self.window_layout(n) for n in images]
         windows = [(i, box) for i, (boxes, _, _) in enumerate(layouts) for box in boxes]
         scores = [[] for _ in images]
         crops_of = [[] for _ in images]
