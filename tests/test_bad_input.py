@@ -157,7 +157,8 @@ ROWS = [
      "cannot write /sys/simzss_table.csv: permission denied", None),
     # simzss-demo (only what is refused before the demo starts)
     ("demo: --seeds x", "demo", ["--seeds", "x", "--output", "{out}"], 2, "invalid int value: 'x'", None),
-    ("demo: --output a file", "demo", ["--quick", "--output", "{file}"], 1, "File exists", None),
+    ("demo: --output a file", "demo", ["--quick", "--output", "{file}"], 2,
+     "cannot write {file}: it is a file, not a folder", None),
     # simzss-app (validation only: every row is refused before a server starts)
     ("app: --port 0", "app", ["--model", "simzss-tiny", "--port", "0", "--output-dir", "{out}"], 2,
      "--port must be positive", None),

@@ -27,6 +27,7 @@ def demo(args) -> int:
     require_train_extra("simzss-demo")
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise common.UsageError("--seeds: each seed once")
+    common.check_output(args.output, folder=True)  # before the bench is built (minutes of work)
     if args.study:
         for folder in run_studies(args.study, args.output, args.quick, args.seeds):
             print((folder / "report.md").read_text().split("\n\n## ")[0])
