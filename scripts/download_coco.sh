@@ -47,16 +47,12 @@ IMG2DATASET="${IMG2DATASET:-img2dataset}"
 ANNOTATIONS_URL="${ANNOTATIONS_URL:-http://images.cocodataset.org/annotations/annotations_trainval2017.zip}"
 SPACY_MODEL="${SPACY_MODEL:-en_core_web_sm}"
 CONCEPT_BANK="${CONCEPT_BANK:-default}"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
-fi
-
-source "$REPO/scripts/lib/common.sh"  # print_cmd
+source "$REPO/scripts/lib/common.sh"  # die, print_cmd, default_python
+default_python
 run() {  # print the command; run it unless this is a dry run
     print_cmd "$@"
     if [[ "$DRY_RUN" != 1 ]]; then "$@"; fi
 }
-die() { echo "error: $*" >&2; exit 2; }
 
 for split in $SPLITS; do
     [[ "$split" == train2017 || "$split" == val2017 ]] || die "SPLITS: $split is not train2017 or val2017"

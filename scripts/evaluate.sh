@@ -38,16 +38,9 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-DRY_RUN="${DRY_RUN:-0}"
-EXTRA=()
-for arg in "$@"; do
-    if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else EXTRA+=("$arg"); fi
-done
-
-RANK0=$([[ "${SLURM_PROCID:-0}" == 0 ]] && echo 1 || echo 0)  # print notes once, not once per srun task
-die() { echo "error: $*" >&2; exit 2; }
+source "$REPO/scripts/lib/common.sh"  # die, parse_script_args, print_cmd, default_python, count_gpus, torchrun_module
+parse_script_args "$@"
 is_posint() { [[ "$1" =~ ^[0-9]+$ ]] && (( 10#$1 > 0 )); }
-source "$REPO/scripts/lib/common.sh"  # print_cmd, default_python, count_gpus, torchrun_module
 default_python
 
 MODEL="${MODEL:-simzss-vitb14}"

@@ -1,5 +1,19 @@
 # Shell helpers shared by the scripts in scripts/ (sourced, not run).
 
+die() { echo "error: $*" >&2; exit 2; }
+
+# The arguments every script takes: --dry-run (or DRY_RUN=1) prints instead of running; the others go, in EXTRA,
+# to the Python command. RANK0 is 1 on the first task of an srun job only, so that notes print once per job.
+parse_script_args() {
+    DRY_RUN="${DRY_RUN:-0}"
+    EXTRA=()
+    local arg
+    for arg in "$@"; do
+        if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else EXTRA+=("$arg"); fi
+    done
+    RANK0=$([[ "${SLURM_PROCID:-0}" == 0 ]] && echo 1 || echo 0)
+}
+
 # A command as one line a shell can re-read: words with special characters in single quotes.
 print_cmd() {
     local out="" word
