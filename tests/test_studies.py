@@ -6,7 +6,7 @@ import math
 import pytest
 
 from open_clip_simzss.cli.demo import main
-from open_clip_simzss.studies import STUDIES, paired_difference, t_quantile, verdict
+from open_clip_simzss.studies import STUDIES, paired_difference, t_quantile, tower_fingerprint, verdict
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,27 @@ def test_fewshot_ceiling_depends_on_the_frozen_tower_only(bench):
     """The vision tower is frozen and shared by every run: SimZSS and LiT get the same few-shot classifier."""
     assert run_of(bench, "fewshot", "SimZSS few-shot")[1] == run_of(bench, "fewshot", "LiT few-shot")[1]
     assert run_of(bench, "fewshot", "SimZSS text")[1] != run_of(bench, "fewshot", "LiT text")[1]
+
+
+def test_tower_fingerprint_names_the_weights_and_only_the_vision_tower():
+    torch = pytest.importorskip("torch")
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual, self.text = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+
+    torch.manual_seed(0)
+    a = Model()
+    b = Model()
+    b.load_state_dict(a.state_dict())
+    assert tower_fingerprint(a) == tower_fingerprint(b)
+    with torch.no_grad():
+        b.text.weight += 1  # the text tower is what runs train: the shared few-shot rows ignore it
+    assert tower_fingerprint(a) == tower_fingerprint(b)
+    with torch.no_grad():
+        b.visual.bias[0] += 1e-6
+    assert tower_fingerprint(a) != tower_fingerprint(b)
 
 
 def test_a_rerun_evaluates_to_the_same_numbers(bench, capsys):

@@ -1,6 +1,7 @@
 """The paper's ablations on the demo's synthetic bench (docs/studies.md), through the demo's code path.
 
-    simzss-demo --study variants lambda tau bank fewshot --output demo_output   # ~1.5 h on 2 cores, all five
+    simzss-demo --study variants lambda tau bank fewshot --output demo_output   # all five: ~1.5 h on 2 cores
+    simzss-demo --study variants --seeds 0 1 2 3 4 --output demo_output         # docs/studies.md's 5 seeds
     simzss-demo --study lambda --quick --output /tmp/quick                      # seconds: tests
 
 Every study trains ``simzss-tiny`` with ``python -m training.main`` on the demo's scenes (``demo.make_data``,
@@ -16,6 +17,7 @@ between settings with its 95 % t-interval across seeds (the seed is the pairing 
 same text-tower initialisation and data order to both); and the paper's expected trend next to what was
 measured.
 """
+import hashlib
 import json
 import math
 import time
@@ -160,6 +162,8 @@ class Bench:
         self.info = demo.make_data(cfg, out / "data")
         self.class_names = [c.name for c in synthetic.CATEGORIES]
         self._split = self._train_pairs = None
+        # The few-shot rows depend on the frozen tower only (fewshot.py): built once per tower, not once per run.
+        self._fewshot = {}
 
     @property
     def split(self):
@@ -201,9 +205,22 @@ class Bench:
             templates = ("{}",) if readout == "name" else demo.DEMO_TEMPLATES
             segmenter = demo.make_segmenter(model, tokenizer, self.class_names, self.cfg.image_size, templates)
             if readout == "fewshot":
-                segmenter.classifier = fewshot_classifier(segmenter, self.train_pairs)
+                key = tower_fingerprint(model)
+                if key not in self._fewshot:
+                    self._fewshot[key] = fewshot_classifier(segmenter, self.train_pairs)
+                segmenter.classifier = self._fewshot[key]
             out[readout] = demo.score(segmenter, self.split, self.class_names)[0]
         return out
+
+
+def tower_fingerprint(model) -> str:
+    """A digest of the vision tower's weights: runs that share it share their few-shot classifier."""
+    import torch
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.visual.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def setting_metrics(bench: Bench, setting: Setting, seed: int) -> Dict[str, Optional[float]]:
@@ -294,7 +311,11 @@ def report_lines(results: Dict) -> List[str]:
              f"{cfg['epochs']} epochs of batch {cfg['batch_size']}, lr {cfg['lr']}; {results['eval_images']} held-out "
              f"scenes, {len(OBJECT_CLASSES)} object and {len(STUFF_CLASSES)} stuff classes; "
              f"seeds {', '.join(map(str, results['seeds']))}"
-             f" (a seed fixes the text tower's initialisation and the data order: settings are paired by seed). "
+             f" (a seed fixes the text tower's initialisation and the data order: settings are paired by seed)"
+             + ("" if n <= len(demo.DemoConfig().seeds) else
+                f"; {n} seeds rather than the demo's {len(demo.DemoConfig().seeds)} are the sharpening chosen, before "
+                "the added seeds ran, when the demo's seeds left most settings inside each other's intervals "
+                "(docs/studies.md)") + ". "
              f"Time {results['seconds'] / 60:.1f} min (runs already in the output folder are reused).", "",
              f"Mean ± sample standard deviation over {n} seed{'s' if n > 1 else ''}. Objects / stuff: the mean IoU of "
              f"the {len(OBJECT_CLASSES)} object classes ({', '.join(OBJECT_CLASSES)}) / the {len(STUFF_CLASSES)} "
