@@ -23,8 +23,10 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Two workers, each running whole files (--dist loadfile: a file's module fixtures are built once): one worker's
+# imports, pip installs and subprocess start-ups, which use one core, overlap the other's torch work.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # The main job: SimZSS vs LiT on synthetic scenes, trained and evaluated on the CPU (report in demo_output/report/)
 demo: $(STAMP)
