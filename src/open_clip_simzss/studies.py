@@ -304,7 +304,7 @@ def _diff_cell(diff: Optional[Dict]) -> str:
 
 def report_lines(results: Dict) -> List[str]:
     cfg = results["bench"]
-    n = len(results["seeds"])
+    n, demo_seeds = len(results["seeds"]), len(demo.DemoConfig().seeds)
     lines = [f"# Study `{results['study']}`: {results['title']}", "",
              f"Bench (fixed before any result was seen): the demo's, unchanged — `simzss-tiny` with the fixed random "
              f"frozen tower, {cfg['train_images']} training scenes x {cfg['captions_per_image']} captions, "
@@ -312,10 +312,9 @@ def report_lines(results: Dict) -> List[str]:
              f"scenes, {len(OBJECT_CLASSES)} object and {len(STUFF_CLASSES)} stuff classes; "
              f"seeds {', '.join(map(str, results['seeds']))}"
              f" (a seed fixes the text tower's initialisation and the data order: settings are paired by seed)"
-             + ("" if n <= len(demo.DemoConfig().seeds) else
-                f"; {n} seeds rather than the demo's {len(demo.DemoConfig().seeds)} are the sharpening chosen, before "
-                "the added seeds ran, when the demo's seeds left most settings inside each other's intervals "
-                "(docs/studies.md)") + ". "
+             + ("" if n <= demo_seeds else
+                f"; {n} seeds rather than the demo's {demo_seeds} (docs/studies.md, \"A sharper bench\": its tables use "
+                "5, chosen before seeds 3 and 4 ran, because the demo's seeds separated almost nothing)") + ". "
              f"Time {results['seconds'] / 60:.1f} min (runs already in the output folder are reused).", "",
              f"Mean ± sample standard deviation over {n} seed{'s' if n > 1 else ''}. Objects / stuff: the mean IoU of "
              f"the {len(OBJECT_CLASSES)} object classes ({', '.join(OBJECT_CLASSES)}) / the {len(STUFF_CLASSES)} "
