@@ -6,7 +6,7 @@ import math
 import pytest
 
 from open_clip_simzss.cli.demo import main
-from open_clip_simzss.studies import STUDIES, paired_difference, t_quantile, tower_fingerprint, verdict
+from open_clip_simzss.studies import STUDIES, paired_difference, t_quantile, verdict
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +82,26 @@ def test_fewshot_ceiling_depends_on_the_frozen_tower_only(bench):
     assert run_of(bench, "fewshot", "SimZSS text")[1] != run_of(bench, "fewshot", "LiT text")[1]
 
 
-def test_tower_fingerprint_names_the_weights_and_only_the_vision_tower():
+def test_fewshot_key_names_the_vision_weights_and_ignores_the_text_tower():
+    """Runs share a few-shot classifier when the feature cache's tower digest is equal (studies.Bench)."""
     torch = pytest.importorskip("torch")
+    import open_clip_simzss
+    from open_clip_simzss.feature_cache import tower_fingerprint
 
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.visual, self.text = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    def key(model):
+        return tower_fingerprint(model, {}, "float32")
 
     torch.manual_seed(0)
-    a = Model()
-    b = Model()
+    a = open_clip_simzss.create_model("simzss-tiny")
+    b = open_clip_simzss.create_model("simzss-tiny")
     b.load_state_dict(a.state_dict())
-    assert tower_fingerprint(a) == tower_fingerprint(b)
+    assert key(a) == key(b)
     with torch.no_grad():
-        b.text.weight += 1  # the text tower is what runs train: the shared few-shot rows ignore it
-    assert tower_fingerprint(a) == tower_fingerprint(b)
+        b.text.token_embedding.weight += 1  # the text tower is what runs train: the shared few-shot rows ignore it
+    assert key(a) == key(b)
     with torch.no_grad():
-        b.visual.bias[0] += 1e-6
-    assert tower_fingerprint(a) != tower_fingerprint(b)
+        next(b.visual.parameters()).view(-1)[0] += 1e-3
+    assert key(a) != key(b)
 
 
 def test_a_rerun_evaluates_to_the_same_numbers(bench, capsys):

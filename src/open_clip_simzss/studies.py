@@ -17,7 +17,6 @@ between settings with its 95 % t-interval across seeds (the seed is the pairing 
 same text-tower initialisation and data order to both); and the paper's expected trend next to what was
 measured.
 """
-import hashlib
 import json
 import math
 import time
@@ -198,6 +197,7 @@ class Bench:
         return {r: stored["readouts"][r] for r in readouts}
 
     def _evaluate(self, checkpoint: Path, readouts: Sequence[str]) -> Dict[str, Dict]:
+        from .feature_cache import tower_fingerprint
         from .fewshot import fewshot_classifier
         model, tokenizer = demo.load_run(checkpoint)
         out = {}
@@ -205,22 +205,13 @@ class Bench:
             templates = ("{}",) if readout == "name" else demo.DEMO_TEMPLATES
             segmenter = demo.make_segmenter(model, tokenizer, self.class_names, self.cfg.image_size, templates)
             if readout == "fewshot":
-                key = tower_fingerprint(model)
+                # the feature cache's digest of the vision tower (the segmenter's settings are the bench's)
+                key = tower_fingerprint(model, {}, "float32")
                 if key not in self._fewshot:
                     self._fewshot[key] = fewshot_classifier(segmenter, self.train_pairs)
                 segmenter.classifier = self._fewshot[key]
             out[readout] = demo.score(segmenter, self.split, self.class_names)[0]
         return out
-
-
-def tower_fingerprint(model) -> str:
-    """A digest of the vision tower's weights: runs that share it share their few-shot classifier."""
-    import torch
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.visual.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def setting_metrics(bench: Bench, setting: Setting, seed: int) -> Dict[str, Optional[float]]:
