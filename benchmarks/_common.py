@@ -5,8 +5,11 @@ import time
 import numpy as np
 import torch
 
-from open_clip_simzss.datasets import load_class_names
-from open_clip_simzss.segmentation import ZeroShotSegmenter, window_grid
+from open_clip_simzss.evaluation.datasets import load_class_names
+from open_clip_simzss.segmentation.classifier import build_text_classifier
+from open_clip_simzss.segmentation.engine import SlidingWindowEngine
+from open_clip_simzss.segmentation.protocol import SegmentationProtocol
+from open_clip_simzss.segmentation.windows import window_grid
 
 
 class Clock:
@@ -35,47 +38,49 @@ def time_tower(model, clock):
 
 def run_case(model, tokenizer, clock, tower, name, size, classes, split, with_background, images, templates,
              window_batch_size, images_per_batch=2, **segmenter_options):
-    """One image shape through ``ZeroShotSegmenter``'s evaluation path, step by step (``segment_throughput.py``).
-    ``segmenter_options`` go to ``ZeroShotSegmenter`` (e.g. a smaller ``short_side``/``window``/``stride``)."""
+    """One image shape through the engine's evaluation path, step by step (``segment_throughput.py``).
+    ``segmenter_options`` are ``SegmentationProtocol`` fields (e.g. a smaller ``short_side``/``window``/``stride``)."""
+    protocol = SegmentationProtocol.of(templates=templates, background_threshold=0.5 if with_background else None,
+                                       **segmenter_options)
+    seg = SlidingWindowEngine(model, protocol, window_batch_size=window_batch_size)
     t0 = clock()
-    seg = ZeroShotSegmenter(model, tokenizer, load_class_names(classes), templates=templates,
-                            window_batch_size=window_batch_size,
-                            background_threshold=0.5 if with_background else None, **segmenter_options)
+    clf = build_text_classifier(model, tokenizer, load_class_names(classes), templates, device=seg.device)
     classifier_s = clock() - t0
     rng = np.random.default_rng(0)
     pics = [rng.integers(0, 256, size + (3,), dtype=np.uint8) for _ in range(images + 1)]
-    seg.predict_foreground(pics[0], with_confidence=with_background)  # warm-up (allocator, kernels)
+    seg.classes_and_confidence(pics[0], clf, with_confidence=with_background)  # warm-up (allocator, kernels)
     per_image = []
     for pic in pics[1:]:
-        # The steps of predict_foreground, timed one by one.
+        # The steps of classes_and_confidence, timed one by one.
         tower[0] = 0.0
         t0 = clock()
         normalized, orig = seg.preprocess(pic)
         t1 = clock()
-        stitched = seg.stitched_logits(normalized)
+        stitched = seg.stitched_logits(normalized, clf)
         t2 = clock()
-        seg.reduce_to_size(stitched, orig, with_confidence=with_background)  # as evaluate.py does
+        seg.reduce_to_size(stitched, orig, with_confidence=with_background)  # as the evaluation does
         t3 = clock()
         per_image.append({"total": t3 - t0, "tower": tower[0], "preprocess": t1 - t0,
                           "windows_minus_tower": t2 - t1 - tower[0], "to_original": t3 - t2})
     # Medians over the images: this machine is shared, and one slow image should not decide.
     med = {k: float(np.median([r[k] for r in per_image])) for k in per_image[0]}
     # The evaluator's path: images_per_batch consecutive images share the tower's forwards
-    # (predict_foreground_batch), against the same images one at a time, interleaved to share the machine's state.
+    # (classes_and_confidence_batch), against the same images one at a time, interleaved to share the machine's
+    # state.
     batched, single = [], []
     groups = [pics[1:][k: k + images_per_batch] for k in range(0, images, images_per_batch)]
     for group in groups:
         t0 = clock()
-        seg.predict_foreground_batch(group, with_confidence=with_background)
+        seg.classes_and_confidence_batch(group, clf, with_confidence=with_background)
         t1 = clock()
         for pic in group:
-            seg.predict_foreground(pic, with_confidence=with_background)
+            seg.classes_and_confidence(pic, clf, with_confidence=with_background)
         t2 = clock()
         batched.append(t1 - t0)
         single.append(t2 - t1)
     return {
-        "case": name, "classes": seg.num_classes, "images": images,
-        "windows_per_image": len(window_grid(*seg.resized_size(*size), seg.window, seg.stride)),
+        "case": name, "classes": clf.num_classes, "images": images,
+        "windows_per_image": len(window_grid(*seg.resized_size(*size), protocol.window, protocol.stride)),
         "images_per_s": len(per_image) / sum(r["total"] for r in per_image),
         "median_s_per_image": med["total"], "median_tower_s_per_image": med["tower"],
         "overhead_share": 1 - med["tower"] / med["total"],

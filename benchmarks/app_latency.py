@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from open_clip_simzss import synthetic
+from open_clip_simzss.workflows import synthetic
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -40,7 +40,7 @@ def free_port() -> int:
 def start_app(args, workdir: Path, port: int):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     log = open(workdir / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "open_clip_simzss.cli.app", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "open_clip_simzss", "app", "--port", str(port),
                                 "--output-dir", str(workdir / "out"), "--device", "cpu", *args.app_args],
                                stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + args.start_timeout

@@ -75,7 +75,7 @@ PLANS = {
     # train_*: the trainer runs (per-process batch, measured and dropped steps; steps + warm-up is rounded up to
     # a multiple of the loader workers, as the loader does); samples/shards: what the shard writer writes
     # (resampled: a few thousand distinct samples feed any number of steps); seg_images: timed images per case;
-    # segmenter: ZeroShotSegmenter options (the smoke run scales the protocol's 448 px by 1/4, like its model's
+    # segmenter: SegmentationProtocol fields (the smoke run scales the protocol's 448 px by 1/4, like its model's
     # 112 px input: the same windows per image, 1/16 of the tokens each).
     "full": dict(model="simzss-vitb14", batch_sizes=(256, 1024), warmup=3, repeats=10, train_batch=256,
                  train_steps=200, train_warmup=None, samples=2048, seg_images=20, templates="openai80", segmenter={}),

@@ -5,7 +5,7 @@
 
 For a VOC-like 500x375 image (-> 597x448, 2 windows; 20 classes) and a Cityscapes-like 2048x1024 image
 (-> 896x448, 3 windows; 19 classes) under the protocol of docs/evaluation.md, it reports images/s of
-``ZeroShotSegmenter.predict_foreground`` (labels, plus the background confidence where the dataset has a
+``SlidingWindowEngine.classes_and_confidence`` (labels, plus the background confidence where the dataset has a
 background: the evaluation path), the time of the
 vision tower's forward on the windows (``model.encode_dense``), and everything else (resize and normalisation,
 classifier product, window upsampling and stitching, resize back to the original size with argmax and

@@ -10,7 +10,7 @@ What runs: ``python -m training.main`` as a user would start it, once with ``--l
 once with ``--lambda-concept 0`` (LiT, which reads no concepts), with the same model, batch, precision, loader
 workers and seed, on img2dataset-style WebDataset shards written here: 256x320 JPEGs (the size
 ``scripts/download_coco.sh`` stores), COCO-like captions and ``concepts.json`` precomputed with the project's
-spaCy extractor (as ``open_clip_simzss.preprocess`` writes them; ``--concept-source stored``). Shards are
+spaCy extractor (as ``simzss-preprocess`` writes them; ``--concept-source stored``). Shards are
 resampled (``--dataset-resampled``) so a few of them feed any number of workers and steps.
 
 What is measured: the trainer logs every step (``--log-every-n-steps 1``) with its samples/s, computed from the

@@ -3,7 +3,7 @@
 Reads the raw 0-indexed COCO-Stuff PNGs (``annotations/<split>/<id>.png``, the files without "TrainIds" in
 their name, from stuffthingmaps_trainval2017.zip) and writes ``annotations/<split>/<id>_instanceTrainIds.png``
 next to them: the 80 thing classes become 1..80, stuff (91..181) and unlabelled (255) become 0 = background,
-so COCO-Object has no ignored pixels. The mapping is ``open_clip_simzss.datasets.coco_object_lut``.
+so COCO-Object has no ignored pixels. The mapping is ``open_clip_simzss.evaluation.datasets.coco_object_lut``.
 
     python scripts/convert_coco_object.py data/coco_stuff164k            # val2017
     python scripts/convert_coco_object.py data/coco_stuff164k --split train2017 --workers 8
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from open_clip_simzss.datasets import stuff_to_object
+from open_clip_simzss.evaluation.datasets import stuff_to_object
 
 SUFFIX = "_instanceTrainIds.png"
 

@@ -9,7 +9,7 @@ link) as PyTorch state dicts of their ``SimZSS`` module. The output folder has O
 (``open_clip_config.json`` + ``open_clip_model.safetensors``): load it with ``local-dir:FOLDER``, use it as
 ``--checkpoint FOLDER``, or upload it (``simzss-checkpoint push``). Its config is
 ``simzss-vitb14`` plus ``vision_cfg.denoiser_cfg`` (the DVT denoiser, ``open_clip_simzss/denoiser.py``).
-The mapping itself is ``open_clip_simzss.reference.convert_reference_state_dict``.
+The mapping itself is ``open_clip_simzss.weights.authors.convert_reference_state_dict``.
 
 What was VERIFIED from the reference sources (github tileb1/simzss @ 2142ac5)
 -------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@
 #   3. img2dataset: output_format webdataset, keep_ratio resize of the short side to IMAGE_SIZE (256; only
 #      if bigger), 2,000 samples per shard (train2017: 296 shards, 00000..00295) -> $OUT/raw/<split>/
 #      Each sample: jpg, txt (the caption), json (url, caption, image_id, caption_id, sizes, ...).
-#   4. python -m open_clip_simzss.preprocess: spaCy concepts of every caption -> $OUT/concepts/ (train only):
+#   4. python -m open_clip_simzss preprocess: spaCy concepts of every caption -> $OUT/concepts/ (train only):
 #      the same shards plus <key>.concepts.json, which training reads instead of running spaCy.
 # Then: DATA=$OUT/concepts scripts/train_coco.sh   (and scripts/train_lit.sh for the LiT baseline)
 #
@@ -125,7 +125,7 @@ done
 
 # ---- 4. concepts (training shards only) ------------------------------------------------------------------
 if [[ " $SPLITS " == *" train2017 "* ]]; then
-    PRE=("$PYTHON" -m open_clip_simzss.preprocess --input "$OUT/raw/train2017/*.tar" --output "$OUT/concepts"
+    PRE=("$PYTHON" -m open_clip_simzss preprocess --input "$OUT/raw/train2017/*.tar" --output "$OUT/concepts"
          --spacy-model "$SPACY_MODEL" --concept-bank "$CONCEPT_BANK")
     if [[ -n "${PREPROCESS_WORKERS:-}" ]]; then PRE+=(--workers "$PREPROCESS_WORKERS"); fi
     run "${PRE[@]}"

@@ -10,7 +10,7 @@
 #
 # The images are split across the processes and their counts summed: the JSON is the one of a single process.
 # An interrupted run resumes when rerun with the same settings (the same OUTPUT; finished image shards are kept
-# in OUTPUT.partial/). Extra arguments go to open_clip_simzss.evaluate after this script's flags, so they
+# in OUTPUT.partial/). Extra arguments go to simzss-evaluate after this script's flags, so they
 # override them (argparse: last wins), e.g. --restart, --quiet, --shard-size N, --window-batch-size N.
 #
 # Environment variables:
@@ -126,9 +126,9 @@ if [[ -n "$WORKERS" ]]; then ARGS+=(--workers "$WORKERS"); fi
 ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
 
 if [[ "$LAUNCHER" == torchrun ]]; then
-    torchrun_module "$NUM_GPUS" "$NNODES" open_clip_simzss.evaluate "${ARGS[@]}"
+    torchrun_module "$NUM_GPUS" "$NNODES" open_clip_simzss evaluate "${ARGS[@]}"
 else
-    CMD=("$PYTHON" -u -m open_clip_simzss.evaluate "${ARGS[@]}")
+    CMD=("$PYTHON" -u -m open_clip_simzss evaluate "${ARGS[@]}")
 fi
 
 if [[ "$DRY_RUN" == 1 || "$RANK0" == 1 ]]; then

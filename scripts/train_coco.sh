@@ -36,7 +36,7 @@
 #                             MASTER_PORT); python: one process, the caller (srun) starts one per GPU.
 #   NUM_GPUS=<nvidia-smi count, else 8>   NNODES=1   WORLD_SIZE=NNODES*NUM_GPUS (python: SLURM_NTASKS)
 #   PYTHON=.venv/bin/python if present, else python3     TORCHRUN=torchrun next to PYTHON, else on PATH
-#   EVAL_DATA_ROOT=DIR        after training, rank 0 runs open_clip_simzss.evaluate --dataset all on DIR
+#   EVAL_DATA_ROOT=DIR        after training, rank 0 runs simzss-evaluate --dataset all on DIR
 #   DRY_RUN=1 (or --dry-run)  print the recipe and the final command(s) instead of running them
 #
 # torchrun (torch 2.14) needs "--" before the module: torchrun ... -m -- training.main --logs ...
@@ -194,7 +194,7 @@ fi
 
 EVAL_CMD=()
 if [[ -n "${EVAL_DATA_ROOT:-}" ]]; then
-    EVAL_CMD=("$PYTHON" -m open_clip_simzss.evaluate --model "$MODEL"
+    EVAL_CMD=("$PYTHON" -m open_clip_simzss evaluate --model "$MODEL"
               --checkpoint "$LOGS/$NAME/checkpoints/epoch_${EPOCHS}.pt" --dataset all
               --data-root "$EVAL_DATA_ROOT"
               --output "$LOGS/$NAME/segmentation.json")

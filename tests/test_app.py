@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from open_clip_simzss import app as web
-from open_clip_simzss import synthetic
+from open_clip_simzss.workflows import app as web
+from open_clip_simzss.workflows import synthetic
 from open_clip_simzss.cli.app import main
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,10 +39,10 @@ def demo_model(tmp_path_factory) -> web.EmbeddedModel:
 
 @pytest.fixture(scope="module")
 def segment_app(demo_model, tmp_path_factory):
-    from open_clip_simzss.loading import load_model, load_tokenizer
+    from open_clip_simzss.weights.load import load_model, load_tokenizer
     model, _ = load_model(demo_model.model, str(demo_model.checkpoint), device="cpu")
     return web.SegmentApp(model, load_tokenizer(model), tmp_path_factory.mktemp("app-out"), demo_model.description,
-                          demo_model.protocol, web.example_scenes(demo_model.scenes))
+                          demo_model.protocol, examples=web.example_scenes(demo_model.scenes))
 
 
 def scene(path: Path, index: int = 3, size: int = 224):
@@ -139,7 +139,7 @@ def server(demo_model, tmp_path_factory):
     env.update(HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(root / "xdg"), MPLCONFIGDIR=str(root / "mpl"))
     log = open(root / "server.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "open_clip_simzss.cli.app", "--demo-output", str(demo_model.checkpoint.parents[3]),
+        [sys.executable, "-m", "open_clip_simzss", "app", "--demo-output", str(demo_model.checkpoint.parents[3]),
          "--port", str(port), "--output-dir", str(root / "out"), "--device", "cpu"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"

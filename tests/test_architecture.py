@@ -1,21 +1,47 @@
-"""Import directions and citations, read from the source (AST), not from a running interpreter.
+"""The house (docs/README.md, "The house"), read from the source (AST), not from a running interpreter.
 
-- Library modules (everything in ``open_clip_simzss`` but ``cli/``) import no argparse and nothing from
-  ``cli/``: the only exception is the two-line ``if __name__ == "__main__":`` block that makes
-  ``python -m open_clip_simzss.<name>`` run the command.
-- No two modules of the package import each other, directly or through others (no cycle).
-- Each module-level constant is defined in one module.
-- Nothing under ``src/`` cites a document outside the repository.
+- Layers only look down: every module of ``open_clip_simzss`` has a floor (``FLOORS``), and imports only modules
+  of lower floors or of its own subpackage. No library module (below ``workflows``) imports the command line,
+  the trainer, OpenCLIP's trainer, ``argparse`` or ``subprocess``; only ``workflows/launch.py`` starts processes.
+- No import cycle in ``src/`` (every import statement, ``if __name__`` blocks included; importing ``a.b.c`` runs
+  ``a`` and ``a.b`` first, so a package's ``__init__`` counts).
+- One entry point per command: ``__main__.py`` and the console scripts point at ``cli/``; no other module of the
+  package has an ``if __name__ == "__main__":`` block.
+- At most 12 modules at the top of the package (besides ``__init__``, ``__main__`` and ``version``), each
+  subpackage says what it holds in its ``__init__`` docstring, and no module of ``src/`` has more than 500 lines.
+- Each module-level constant is defined in one module; nothing under ``src/`` cites a document outside the
+  repository.
 """
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
 PACKAGE = SRC / "open_clip_simzss"
-COMMANDS = ("segment", "visualize", "evaluate", "preprocess", "checkpoint", "clip_benchmark", "demo")
+MAX_LINES = 500
+MAX_TOP_MODULES = 12
+
+# The floors of the package, bottom to top: a module may import from lower floors, and from its own subpackage.
+FLOORS = [
+    {"version", "validation", "atomic", "images", "extras", "compat", "variants", "batch", "denoiser",
+     "model_configs"},
+    {"model", "loss"},
+    {"weights"},
+    {"factory"},
+    {"concepts"},
+    {"segmentation"},
+    {"evaluation"},
+    {"workflows"},
+    {"cli"},
+    {"__main__", "open_clip_simzss"},  # the entry point and the package face
+]
+LIBRARY_TOP = FLOORS.index({"workflows"})  # floors below this one are the library
+UPWARD = ("open_clip_simzss.cli", "open_clip_simzss.workflows", "training", "open_clip_train", "argparse",
+          "subprocess")
 
 
 def module_name(path: Path) -> str:
@@ -23,66 +49,97 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-
-
-def is_main_guard(node) -> bool:
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+MODULES = {module_name(p): p for p in sorted(SRC.rglob("*.py")) if "egg-info" not in str(p)}
+PACKAGES = {name for name, path in MODULES.items() if path.name == "__init__.py"}
 
 
 def imports(path: Path):
-    """(imported module, line) of every import statement of a file, at any depth, except inside its
-    ``if __name__ == "__main__":`` block."""
+    """(imported module, line) of every import statement of a file, at any depth (``if __name__`` blocks and
+    function bodies included)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     own = module_name(path)
     package = own if path.name == "__init__.py" else own.rpartition(".")[0]
     found = []
-
-    def visit(node):
-        for child in ast.iter_child_nodes(node):
-            if is_main_guard(child):
-                continue
-            if isinstance(child, ast.Import):
-                found.extend((alias.name, child.lineno) for alias in child.names)
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
-                    base = ".".join(anchor + ([child.module] if child.module else []))
-                for alias in child.names:  # "from . import weights" imports the module open_clip_simzss.weights
-                    target = f"{base}.{alias.name}"
-                    found.append((target if target in MODULES else base, child.lineno))
-            visit(child)
-    visit(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:  # "from . import launch" imports the module open_clip_simzss.workflows.launch
+                target = f"{base}.{alias.name}"
+                found.append((target if target in MODULES else base, node.lineno))
     return found
 
 
-LIBRARY = {name: path for name, path in MODULES.items() if not name.startswith("open_clip_simzss.cli")}
+def with_parents(name: str, importer: str):
+    """``a.b.c`` and the packages Python runs first to import it (``a``, ``a.b``) but those the importer is
+    part of: they are being imported already (a package's ``__init__`` that imports its own modules)."""
+    parts = name.split(".")
+    own = set(with_own(importer))
+    return [p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if p == name or p not in own]
+
+
+def with_own(name: str):
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def graph():
+    """{module: modules of src/ that importing it runs}."""
+    return {name: {m for target, _ in imports(path) for m in with_parents(target, name) if m in MODULES and m != name}
+            for name, path in MODULES.items()}
+
+
+def room(name: str) -> str:
+    """The top-level module or subpackage of the package a module lives in (``open_clip_simzss`` for the face)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def floor(name: str) -> int:
+    return next(i for i, rooms in enumerate(FLOORS) if room(name) in rooms)
+
+
+PACKAGE_MODULES = {name for name in MODULES if name.split(".")[0] == "open_clip_simzss"}
+LIBRARY = {name for name in PACKAGE_MODULES if floor(name) < LIBRARY_TOP}
 
 
 def test_the_scan_sees_the_package():
-    assert {"open_clip_simzss.loading", "open_clip_simzss.cli.common"} <= set(MODULES)
+    assert {"open_clip_simzss.weights.load", "open_clip_simzss.cli.common", "training.main"} <= set(MODULES)
     factory = {m for m, _ in imports(MODULES["open_clip_simzss.factory"])}
-    assert {"open_clip_simzss.weights", "open_clip_simzss.model", "open_clip"} <= factory  # "from . import weights"
-    common = {m for m, _ in imports(MODULES["open_clip_simzss.cli.common"])}
-    assert {"open_clip_simzss", "open_clip_simzss.loading", "argparse"} <= common  # "from .. import __version__"
+    assert {"open_clip_simzss.weights.build", "open_clip_simzss.model", "open_clip.transform"} <= factory
+    demo = {m for m, _ in imports(MODULES["open_clip_simzss.workflows.demo"])}
+    assert "open_clip_simzss.workflows.launch" in demo  # "from . import launch, synthetic"
+    assert "open_clip_simzss.weights" in graph()["open_clip_simzss.factory"]  # a subpackage's __init__ runs first
+
+
+def test_every_module_has_a_floor():
+    assert all(floor(name) >= 0 for name in PACKAGE_MODULES)
+    top = {room(name) for name in PACKAGE_MODULES}
+    assert top == set().union(*FLOORS), "a new top-level module or subpackage needs a floor in FLOORS"
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGE_MODULES - {"open_clip_simzss"}))
+def test_layers_only_look_down(name):
+    """A module imports lower floors or its own room; the package face (``open_clip_simzss``) is imported by
+    nothing (a module that needs a name imports it from where it lives)."""
+    up = [(m, line) for m, line in imports(MODULES[name])
+          if m in PACKAGE_MODULES and room(m) != room(name) and floor(m) >= floor(name)]
+    assert not up, f"{name} (floor {floor(name)}) imports upwards or sideways: {up}"
 
 
 @pytest.mark.parametrize("name", sorted(LIBRARY))
-def test_library_modules_import_no_argparse_and_no_cli(name):
-    bad = [(m, line) for m, line in imports(LIBRARY[name])
-           if m == "argparse" or m.startswith("open_clip_simzss.cli")]
+def test_the_library_imports_no_command_line_trainer_or_process(name):
+    bad = [(m, line) for m, line in imports(MODULES[name]) if m.startswith(UPWARD)]
     assert not bad, f"{name} imports {bad}"
 
 
-def test_every_command_is_a_cli_module_and_a_python_m_module():
-    for command in COMMANDS:
-        cli = MODULES[f"open_clip_simzss.cli.{command}"]
-        assert "def main(argv=None) -> int:" in cli.read_text() or "def main(argv: Optional" in cli.read_text()
-        tree = ast.parse(MODULES[f"open_clip_simzss.{command}"].read_text())
-        guards = [node for node in tree.body if is_main_guard(node)]
-        assert guards and f"open_clip_simzss.cli.{command}" in ast.unparse(guards[0]), command
+def test_only_the_launcher_starts_processes():
+    starters = {name for name in PACKAGE_MODULES if any(m == "subprocess" for m, _ in imports(MODULES[name]))}
+    assert starters == {"open_clip_simzss.workflows.launch"}
 
 
 def find_cycle(graph):
@@ -110,8 +167,7 @@ def find_cycle(graph):
 
 
 def test_no_import_cycle():
-    graph = {name: {m for m, _ in imports(path) if m in MODULES and m != name} for name, path in MODULES.items()}
-    cycle = find_cycle(graph)
+    cycle = find_cycle(graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
@@ -121,10 +177,34 @@ def test_cycle_detection_works():
     assert find_cycle({"a": {"b", "c"}, "b": {"d"}, "c": {"d"}, "d": set()}) is None
 
 
+def test_one_entry_point_per_command():
+    from open_clip_simzss.__main__ import COMMANDS
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {f"simzss-{c}": f"open_clip_simzss.cli.{m}:main" for c, m in COMMANDS.items()} == scripts
+    for module in COMMANDS.values():
+        text = MODULES[f"open_clip_simzss.cli.{module}"].read_text()
+        assert "def main(argv=None) -> int:" in text or "def main(argv: Optional" in text, module
+    guarded = [name for name in PACKAGE_MODULES if name != "open_clip_simzss.__main__"
+               and re.search(r'^if __name__ == "__main__":', MODULES[name].read_text(), re.M)]
+    assert not guarded, f"__main__ blocks outside __main__.py: {guarded}"
+
+
+def test_rooms_and_sizes():
+    top = [p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py", "version.py")]
+    assert len(top) <= MAX_TOP_MODULES, sorted(top)
+    for package in PACKAGES:
+        if package.startswith("open_clip_simzss."):
+            doc = ast.get_docstring(ast.parse(MODULES[package].read_text()))
+            assert doc and len(doc) > 200 and "import" in doc, f"{package}/__init__.py must say what it holds and " \
+                                                               "what it may import"
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
 def test_each_constant_is_defined_once():
     where = {}
-    for name, path in LIBRARY.items():
-        for node in ast.parse(path.read_text()).body:
+    for name in sorted(PACKAGE_MODULES | {m for m in MODULES if m.startswith("training")}):
+        for node in ast.parse(MODULES[name].read_text()).body:
             targets = node.targets if isinstance(node, ast.Assign) else []
             for target in targets:
                 if isinstance(target, ast.Name) and re.fullmatch(r"[A-Z][A-Z0-9_]+", target.id):

@@ -195,7 +195,7 @@ ROWS = [
 def world(tmp_path_factory):
     """Inputs shared by the rows (read-only for them)."""
     import open_clip_simzss
-    from open_clip_simzss.checkpoint import save_pretrained
+    from open_clip_simzss.weights.save import save_pretrained
     root = tmp_path_factory.mktemp("inputs")
     torch.manual_seed(0)
     tiny = open_clip_simzss.create_model("simzss-tiny")
@@ -295,10 +295,10 @@ def test_evaluate_results_are_strict_json(world, tmp_path, capsys):
     (dict(background_scale=0), "background_scale must be a finite number > 0, got 0"),
 ])
 def test_segmenters_refuse_bad_background_arguments(kwargs, message, tiny_model, tokenizer):
-    from open_clip_simzss.segment import Segmenter
-    from open_clip_simzss.segmentation import ZeroShotSegmenter
+    from open_clip_simzss.segmentation.protocol import SegmentationProtocol
+    from open_clip_simzss.segmentation.segmenter import Segmenter
     with pytest.raises(ValueError) as error:
-        ZeroShotSegmenter(tiny_model, tokenizer, ["cat"], templates="photo1", **kwargs)
+        SegmentationProtocol.of(templates="photo1", **kwargs)
     assert str(error.value) == message
     with pytest.raises(ValueError) as error:  # at construction, not when the first labels come
         Segmenter(tiny_model, tokenizer, **kwargs)

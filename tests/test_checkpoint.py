@@ -11,11 +11,11 @@ import torch
 
 import open_clip
 import open_clip_simzss
-from open_clip_simzss.checkpoint import BIN_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, save_pretrained
+from open_clip_simzss.weights.resolve import BIN_WEIGHTS_NAME, CONFIG_NAME, SAFE_WEIGHTS_NAME
+from open_clip_simzss.weights.save import save_pretrained
 from open_clip_simzss.cli.checkpoint import main
-from open_clip_simzss.loading import load_model, load_tokenizer
-from open_clip_simzss.weights import CheckpointError, read_state_dict
-from open_clip_simzss.factory import CONFIG_NAME
+from open_clip_simzss.weights.load import load_model, load_tokenizer
+from open_clip_simzss.weights.read import CheckpointError, read_state_dict
 
 
 def trained_tiny(seed=0):

@@ -48,7 +48,7 @@ def test_exit_status_and_one_line(capsys):
 
 
 def test_library_input_errors_are_usage_errors(tmp_path, capsys):
-    from open_clip_simzss.loading import load_model
+    from open_clip_simzss.weights.load import load_model
 
     def load(args):
         load_model("simzss-tiny", str(tmp_path / "missing.pt"))
@@ -71,7 +71,7 @@ def test_core_paths_do_not_import_the_train_extra():
     code = ("import sys, open_clip_simzss; open_clip_simzss.create_model('simzss-tiny'); "
             "from open_clip_simzss.cli import segment, visualize, evaluate, checkpoint; "
             "from open_clip_simzss import Segmenter; "
-            "print(sorted(m for m in ('spacy', 'webdataset', 'open_clip_simzss.data') if m in sys.modules))")
+            "print(sorted(m for m in ('spacy', 'webdataset', 'training.data') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={"HF_HUB_OFFLINE": "1", "PATH": ""}, check=True).stdout
     assert out.strip() == "[]"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from open_clip_simzss import clip_benchmark as cb
+from open_clip_simzss.evaluation import clip_benchmark as cb
 from open_clip_simzss.cli.clip_benchmark import main as cb_main
 
 CLASSES = ["cat", "dog", "bus", "tree", "car"]
@@ -265,7 +265,7 @@ def test_merge_bad_input(tmp_path, capsys):
 
 def test_module_entry_point_exit_status(tmp_path):
     """The real ``python -m`` entry: non-zero exit and a single line on stderr, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "open_clip_simzss.clip_benchmark", "merge", f"A={tmp_path}/nope",
+    proc = subprocess.run([sys.executable, "-m", "open_clip_simzss", "clip-benchmark", "merge", f"A={tmp_path}/nope",
                            "--output", str(tmp_path / "t")], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert proc.returncode == 2

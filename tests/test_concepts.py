@@ -12,21 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from open_clip_simzss.concepts import (
-    EXTRACTOR_VERSION,
-    Concept,
-    ConceptBank,
-    ConceptExtractor,
-    SpacyModelNotFoundError,
-    align_concepts,
-    clean_caption,
-    load_spacy_model,
-    make_provenance,
-    normalize_concept_text,
-    provenance_mismatch,
-    spacy_model_identity,
-    stable_concept_id,
-)
+from open_clip_simzss.concepts.align import Concept, align_concepts
+from open_clip_simzss.concepts.bank import ConceptBank, normalize_concept_text, stable_concept_id
+from open_clip_simzss.concepts.extract import ConceptExtractor, clean_caption
+from open_clip_simzss.concepts.provenance import EXTRACTOR_VERSION, make_provenance, provenance_mismatch
+from open_clip_simzss.concepts.spacy_model import SpacyModelNotFoundError, load_spacy_model, spacy_model_identity
 
 # The authors' bank (data from the authors' reference code), copied into the project
 REFERENCE_BANK = pathlib.Path(__file__).resolve().parent / "data" / "reference_concept_bank_574.txt"

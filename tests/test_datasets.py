@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from open_clip_simzss.datasets import (
+from open_clip_simzss.evaluation.datasets import (
     CLASS_NAME_SETS, COCO_THING_IDS, DatasetError, get_dataset, list_datasets, load_class_names,
     read_label, stuff_to_object,
 )
@@ -266,24 +266,25 @@ def test_missing_or_malformed_folders_say_what_was_expected(tmp_path):
 # --- your own dataset: folder:PATH ---------------------------------------------------------------------------
 @pytest.fixture
 def scenes(tmp_path):
-    from open_clip_simzss import synthetic
+    from open_clip_simzss.workflows import synthetic
     return synthetic.write_folder_dataset(tmp_path / "scenes", 4, seed=3, size=32)
 
 
 class OraclePredictor:
-    """A segmenter stand-in that predicts ``predict(image_index)`` for each image it is given."""
+    """An engine stand-in that predicts ``predict(image_index)`` for each image it is given (whatever the
+    classifier)."""
 
     def __init__(self, dataset, predict):
         self.by_pixels = {dataset.load_image(i).tobytes(): i for i in range(len(dataset))}
         self.predict = predict
 
-    def predict_foreground_batch(self, images, with_confidence=True):
+    def classes_and_confidence_batch(self, images, classifier, with_confidence=True):
         return [(torch.as_tensor(self.predict(self.by_pixels[im.tobytes()])), None) for im in images]
 
 
 def test_folder_dataset_round_trips_the_synthetic_scenes(scenes):
-    from open_clip_simzss import synthetic
-    from open_clip_simzss.evaluate import evaluate_dataset
+    from open_clip_simzss.workflows import synthetic
+    from open_clip_simzss.evaluation.run import evaluate_dataset
     ds = get_dataset(f"folder:{scenes}", None)
     names = [c.name for c in synthetic.CATEGORIES]
     assert ds.name == "synthetic_scenes" and len(ds) == 4 and ds.label_names == names
@@ -291,13 +292,14 @@ def test_folder_dataset_round_trips_the_synthetic_scenes(scenes):
     labels = [ds.load_label(i) for i in range(len(ds))]
     assert all(np.array_equal(lbl, synthetic.make_scene(i, 3, 32)[1]) for i, lbl in enumerate(labels))
 
-    perfect = evaluate_dataset(OraclePredictor(ds, lambda i: labels[i]), ds, [None], progress=False, workers=0)
+    perfect = evaluate_dataset(OraclePredictor(ds, lambda i: labels[i]), None, ds, [None], progress=False, workers=0)
     assert perfect["miou"] == 100.0
     # a constant prediction c (the commonest class): IoU_c = pixels of c / all pixels, 0 for the other classes
     # present, and the classes neither present nor predicted are left out
     everything = np.concatenate([lbl.ravel() for lbl in labels])
     c = np.bincount(everything).argmax()
-    constant = evaluate_dataset(OraclePredictor(ds, lambda i: np.full_like(labels[i], c)), ds, [None],
+    constant = evaluate_dataset(OraclePredictor(ds, lambda i: np.full_like(labels[i], c)), None, ds,
+                                [None],
                                 progress=False, workers=0)
     expected = 100 * np.mean(everything == c) / len(np.unique(everything))
     assert constant["miou"] == round(expected, 2) and 0 < expected < 50

@@ -2,7 +2,7 @@
 tests/test_studies.py, in the folder the studies share with it."""
 import pytest
 
-from open_clip_simzss import demo
+from open_clip_simzss.workflows import demo
 from open_clip_simzss.cli.demo import main
 
 

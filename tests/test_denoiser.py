@@ -19,11 +19,12 @@ from timm.models.vision_transformer import Block, Mlp
 
 import open_clip_simzss
 from open_clip_simzss import CheckpointError, load_model, load_tokenizer
-from open_clip_simzss.loading import model_structure
-from open_clip_simzss.reference import CLIP_MEAN, convert_reference_checkpoint, convert_reference_state_dict
-from open_clip_simzss.weights import mismatch
-from open_clip_simzss.denoiser import DVTDenoiser, build_denoiser, load_denoiser_weights
-from open_clip_simzss.factory import resolve_model_config
+from open_clip_simzss.weights.build import model_structure
+from open_clip_simzss.weights.authors import CLIP_MEAN, convert_reference_checkpoint, convert_reference_state_dict
+from open_clip_simzss.weights.read import mismatch
+from open_clip_simzss.denoiser import DVTDenoiser, build_denoiser
+from open_clip_simzss.weights.dvt import load_denoiser_weights
+from open_clip_simzss.weights.resolve import resolve_spec
 from open_clip_simzss.model import SimZSS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_denoiser_matches_dvt_forward():
 
 
 def test_tower_with_denoiser_is_frozen_and_keeps_the_global_token():
-    cfg = resolve_model_config("simzss-tiny")[0]
+    cfg = resolve_spec("simzss-tiny").model_cfg
     cfg.pop("custom_text")
     torch.manual_seed(0)
     plain = SimZSS(**cfg)
@@ -226,7 +227,7 @@ def test_vitb14_reference_names_and_shapes_fit_simzss_vitb14():
     converted, denoiser_cfg, dropped = convert_reference_state_dict(state)
     assert denoiser_cfg == {"type": "transformer", "grid_size": [37, 37], "num_heads": 12, "mlp_ratio": 4.0}
     assert sorted(dropped) == ["beta_ema", "classification_weights_ema", "logit_scale_local"]
-    cfg = resolve_model_config("simzss-vitb14")[0]
+    cfg = resolve_spec("simzss-vitb14").model_cfg
     cfg["vision_cfg"]["denoiser_cfg"] = denoiser_cfg
     shapes = {k: tuple(v.shape) for k, v in converted.items()}
     assert mismatch(model_structure(cfg), shapes) is None
@@ -279,7 +280,7 @@ def test_bad_dvt_files_are_refused_in_one_line(tmp_path):
 
 def tiny_dvt_folder(tmp_path, hub_file=None, with_weights=False):
     """A ``local-dir:`` model: simzss-tiny with a denoiser on its 14x14 grid."""
-    cfg = resolve_model_config("simzss-tiny")[0]
+    cfg = resolve_spec("simzss-tiny").model_cfg
     cfg["vision_cfg"]["denoiser_cfg"] = {"type": "transformer", "grid_size": [14, 14], "num_heads": 3}
     if hub_file:
         cfg["vision_cfg"]["denoiser_cfg"]["hub_file"] = hub_file
@@ -327,7 +328,7 @@ def test_denoiser_without_weights_is_refused(tmp_path, monkeypatch):
 
 def test_simzss_vitb14_dvt_takes_the_released_file_structure(tmp_path):
     """The shipped config at its real size: DVT's ViT-B/14 file has pos_embed [1, 37 * 37, 768]."""
-    cfg = resolve_model_config("simzss-vitb14-dvt")[0]
+    cfg = resolve_spec("simzss-vitb14-dvt").model_cfg
     assert cfg["vision_cfg"]["timm_model_name"] == "vit_base_patch14_reg4_dinov2"
     assert cfg["vision_cfg"]["denoiser_cfg"]["hub_file"] == (
         "jjiaweiyang/DVT/voc_denoised/vit_base_patch14_reg4_dinov2.lvd142m.pth")

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from open_clip_simzss.cli import evaluate
-from open_clip_simzss.datasets import get_dataset
-from open_clip_simzss.metrics import IoUAccumulator, ThresholdSweep
-from open_clip_simzss.segmentation import ZeroShotSegmenter
+from open_clip_simzss.evaluation.datasets import get_dataset
+from open_clip_simzss.evaluation.metrics import IoUAccumulator, ThresholdSweep
+from open_clip_simzss.segmentation.classifier import build_text_classifier
+from open_clip_simzss.segmentation.engine import SlidingWindowEngine
+from open_clip_simzss.segmentation.protocol import SegmentationProtocol
 
 from test_datasets import write_benchmarks
 
@@ -34,10 +36,17 @@ def checkpoint(tmp_path_factory):
     return path, model
 
 
+def library_segmenter(model, tokenizer, class_names, **options):
+    """(engine, text classifier) with the FAST flags' protocol."""
+    protocol = SegmentationProtocol.of(templates="photo1", short_side=32, window=32, stride=16, **options)
+    return SlidingWindowEngine(model, protocol), build_text_classifier(model, tokenizer, class_names, "photo1")
+
+
 def _sweep_library(seg, dataset, indices, thresholds):
+    engine, classifier = seg
     sweep = ThresholdSweep(dataset.num_classes, thresholds)
     for i in indices:
-        fg, conf = seg.predict_foreground(dataset.load_image(i))
+        fg, conf = engine.classes_and_confidence(dataset.load_image(i), classifier)
         sweep.update(fg, conf, dataset.load_label(i))
     return sweep
 
@@ -67,23 +76,23 @@ def test_cli_matches_the_library_and_sweeps_a_cosine_grid(data_root, checkpoint,
     assert "class names mmseg" in captured.out and "selected on the test split" in captured.out
     assert "tvmonitor" in captured.out and "<- selected" in captured.out
 
-    # The same numbers from the library: segmenter + accumulators, on the model the checkpoint holds.
-    kw = dict(templates="photo1", short_side=32, window=32, stride=16)
+    # The same numbers from the library: engine + classifier + accumulators, on the model the checkpoint holds.
     ds20, ds21 = get_dataset("voc20", data_root), get_dataset("voc21", data_root)
-    seg = ZeroShotSegmenter(model, tokenizer, ds20.class_names, **kw)
+    seg = library_segmenter(model, tokenizer, ds20.class_names)
     acc = IoUAccumulator(20)
     for i in range(2):
-        acc.update(seg.predict_foreground(ds20.load_image(i))[0], ds20.load_label(i))
+        acc.update(seg[0].classes_and_confidence(ds20.load_image(i), seg[1])[0], ds20.load_label(i))
     sweep = _sweep_library(seg, ds21, range(2), [r["threshold"] for r in bg["sweep"]])
     assert voc20["miou"] == round(acc.miou(), 2)
     assert [r["miou"] for r in bg["sweep"]] == [round(m, 2) for m in sweep.mious()]
     assert bg["threshold"] == sweep.thresholds[sweep.best()] and voc21["miou"] == bg["sweep"][sweep.best()]["miou"]
     # ... and each grid point equals a full re-run of the segmenter at that threshold
     for row in bg["sweep"]:
-        rerun = ZeroShotSegmenter(model, tokenizer, ds21.class_names, background_threshold=row["threshold"], **kw)
+        engine, classifier = library_segmenter(model, tokenizer, ds21.class_names,
+                                               background_threshold=row["threshold"])
         single = IoUAccumulator(21)
         for i in range(2):
-            single.update(rerun.predict(ds21.load_image(i)), ds21.load_label(i))
+            single.update(engine.predict(ds21.load_image(i), classifier), ds21.load_label(i))
         assert row["miou"] == round(single.miou(), 2)
 
 
@@ -100,8 +109,7 @@ def test_sweep_on_selects_away_from_the_reported_images(data_root, checkpoint, t
     result = json.loads(out.read_text())["datasets"]["voc21"]
     bg = result["background"]
     thresholds = [r["threshold"] for r in bg["sweep"]]
-    seg = ZeroShotSegmenter(model, tokenizer, get_dataset("voc21", data_root).class_names, templates="photo1",
-                            short_side=32, window=32, stride=16)
+    seg = library_segmenter(model, tokenizer, get_dataset("voc21", data_root).class_names)
     val = get_dataset("voc21", data_root)
     if sweep_on == "train:2":  # the first 2 images of ImageSets/Segmentation/train.txt; all val images reported
         selection = _sweep_library(seg, get_dataset("voc21", data_root, split="train"), range(2), thresholds)
@@ -213,7 +221,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
 
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "open_clip_simzss.evaluate", "--dataset", "voc20", "--data-root",
+    proc = subprocess.run([sys.executable, "-m", "open_clip_simzss", "evaluate", "--dataset", "voc20", "--data-root",
                            str(tmp_path), "--model", "simzss-tiny"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "expected image folder" in proc.stderr
@@ -252,7 +260,7 @@ def test_fewshot_from_replaces_the_text_rows(data_root, checkpoint, tmp_path, ca
     """--fewshot-from (the Table 8 diagnostic): the rows are the class means of the given images' dense tokens;
     val:N holds those images out of the reported mIoU. Background (voc21) is not a class row: its pixels are
     left out of the means."""
-    from open_clip_simzss.fewshot import fewshot_classifier
+    from open_clip_simzss.segmentation.fewshot import fewshot_classifier
     path, model = checkpoint
     out = tmp_path / "fewshot.json"
     rc = evaluate.main(["--model", "simzss-tiny", "--checkpoint", str(path), "--dataset", "voc21", "--data-root",
@@ -264,16 +272,15 @@ def test_fewshot_from_replaces_the_text_rows(data_root, checkpoint, tmp_path, ca
     split, n = fewshot.split(":")
     assert result["classifier"].startswith(f"few-shot from {split}[:{n}]") and "few-shot" in captured.out
     source = get_dataset("voc21", data_root, split=split)
-    seg = ZeroShotSegmenter(model, tokenizer, source.class_names, templates="photo1", short_side=32, window=32,
-                            stride=16, background_threshold=0.5)
+    engine, text = library_segmenter(model, tokenizer, source.class_names, background_threshold=0.5)
     pairs = [(img, np.where((lbl == 0) | (lbl == 255), 255, lbl - 1)) for img, lbl in
              (source[i] for i in range(int(n)))]
-    seg.classifier = fewshot_classifier(seg, pairs, 20)
+    classifier = fewshot_classifier(engine, pairs, 20, fallback=lambda: text)
     first = int(n) if split == "val" else 0
     val = get_dataset("voc21", data_root)
     acc = IoUAccumulator(21)
     for i in range(first, len(val)):
-        acc.update(seg.predict(val.load_image(i)), val.load_label(i))
+        acc.update(engine.predict(val.load_image(i), classifier), val.load_label(i))
     assert result["first_image"] == first and result["num_images"] == len(val) - first
     assert result["miou"] == round(acc.miou(), 2)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from open_clip_simzss import synthetic
+from open_clip_simzss.workflows import synthetic
 from open_clip_simzss.cli import evaluate
-from open_clip_simzss.eval_state import PartialState, state_folder
-from open_clip_simzss.metrics import IoUAccumulator, ThresholdSweep
+from open_clip_simzss.evaluation.state import PartialState, state_folder
+from open_clip_simzss.evaluation.metrics import IoUAccumulator, ThresholdSweep
 
 IMAGES = 5  # shards of 2 images: 3 shards, split 2 + 1 between 2 ranks
 

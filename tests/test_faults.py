@@ -12,7 +12,7 @@ import torch
 
 from open_clip_simzss.cli.preprocess import main as preprocess_main
 from open_clip_simzss.concepts import ConceptExtractor
-from open_clip_simzss.data import collate_concepts, concepts_to_rows
+from training.data import collate_concepts, concepts_to_rows
 from open_clip_simzss.loss import SimZSSLoss
 from open_clip_simzss.validation import check_number
 from shards import write_shards
@@ -228,7 +228,7 @@ def test_bad_preprocess_input_is_one_line(extra, message, tmp_path, capsys):
 def test_preprocess_workers_die_with_the_main_process(tmp_path):
     script = (
         "import multiprocessing, os, time\n"
-        "from open_clip_simzss.preprocess import _init_worker\n"
+        "from open_clip_simzss.concepts.preprocess import _init_worker\n"
         "def pid(_):\n"
         "    time.sleep(0.5)\n"
         "    return os.getpid()\n"
@@ -263,7 +263,9 @@ def alive(pid: int) -> bool:
 def test_an_interrupted_export_leaves_no_folder(tmp_path, monkeypatch):
     import open_clip_simzss
     from open_clip_simzss.atomic import WriteError
-    from open_clip_simzss.checkpoint import CONFIG_NAME, CheckpointError, save_pretrained
+    from open_clip_simzss.weights.read import CheckpointError
+    from open_clip_simzss.weights.resolve import CONFIG_NAME
+    from open_clip_simzss.weights.save import save_pretrained
 
     model = open_clip_simzss.create_model("simzss-tiny")
 
@@ -284,7 +286,7 @@ def test_an_interrupted_export_leaves_no_folder(tmp_path, monkeypatch):
 
 
 def test_resume_candidates_are_newest_first(tmp_path):
-    from training.main import checkpoint_candidates
+    from training.checkpoints import checkpoint_candidates
     for name in ("epoch_2.pt", "epoch_10.pt", "epoch_9.pt", "epoch_latest.pt", ".epoch_11.pt.123.tmp", "x.pt"):
         (tmp_path / name).write_bytes(b"")
     names = [os.path.basename(p) for p in checkpoint_candidates(tmp_path, most_recent=False)]

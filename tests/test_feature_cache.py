@@ -6,8 +6,9 @@ import webdataset as wds
 
 import open_clip_simzss
 from open_clip_simzss.concepts import ConceptExtractor
-from open_clip_simzss.data import SampleDecoder
-from open_clip_simzss.feature_cache import FeatureCache, tower_fingerprint
+from training.data import SampleDecoder
+from open_clip_simzss.weights.identity import tower_fingerprint
+from training.feature_cache import FeatureCache
 from open_clip_simzss.loss import SimZSSLoss
 from shards import write_shards
 from training.main import cli
@@ -38,7 +39,7 @@ def test_cached_batch_gives_the_uncached_loss(setup, tokenizer, dtype, atol):
     cached = decoded(pattern, cached_decoder)
     assert len(plain) == len(cached) == 11 and cached_decoder.counter.skipped == 1
 
-    from open_clip_simzss.data import collate_concepts
+    from training.data import collate_concepts
     concepts = collate_concepts([s[2] for s in plain], tokenizer.context_length)
     texts = torch.stack([s[1] for s in plain])
     loss_fn = SimZSSLoss(lambda_concept=0.5)
@@ -93,7 +94,7 @@ def test_training_with_the_cache_and_refusal_with_augmentation(setup, tmp_path, 
 
 
 def test_identical_images_are_encoded_once(tmp_path, setup):
-    from open_clip_simzss import synthetic
+    from open_clip_simzss.workflows import synthetic
     _, _, model, preprocess_val = setup
     info = synthetic.write_train_shards(tmp_path / "s", 4, seed=0, captions_per_image=3, images_per_shard=4)
     cache = FeatureCache.for_model(tmp_path / "f", model, open_clip.get_model_preprocess_cfg(model))

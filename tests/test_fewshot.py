@@ -4,8 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from open_clip_simzss.fewshot import fewshot_classifier
-from open_clip_simzss.segmentation import ZeroShotSegmenter
+from open_clip_simzss.segmentation.classifier import build_text_classifier
+from open_clip_simzss.segmentation.engine import SlidingWindowEngine
+from open_clip_simzss.segmentation.fewshot import fewshot_classifier
+from open_clip_simzss.segmentation.protocol import SegmentationProtocol
 
 PATCH = 2
 TEXT_ROWS = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
@@ -28,10 +30,16 @@ def tokenizer(prompts):
     return torch.tensor([[["a", "b", "c"].index(p)] for p in prompts])
 
 
-def make_segmenter(window, stride):
+def make_engine(window, stride):
     # mean 0, std 1/255: the normalised image is the uint8 image itself; short side = the image's (no resize)
-    return ZeroShotSegmenter(PoolingModel(), tokenizer, ["a", "b", "c"], templates="name", short_side=4,
-                             window=window, stride=stride, mean=(0, 0, 0), std=(1 / 255,) * 3)
+    return SlidingWindowEngine(PoolingModel(), SegmentationProtocol(templates="name", short_side=4, window=window,
+                                                                    stride=stride),
+                               mean=(0, 0, 0), std=(1 / 255,) * 3)
+
+
+def text_rows():
+    """The text classifier of the classes a, b, c: rows e_0, e_1, e_2."""
+    return build_text_classifier(PoolingModel(), tokenizer, ["a", "b", "c"], "name", device="cpu")
 
 
 def token_sums_by_hand(image, label, windows):
@@ -57,7 +65,7 @@ def test_rows_are_normalised_means_of_the_pixels_tokens(width, stride, windows):
     for _ in range(2):
         label = rng.choice(np.array([0, 1, 255], np.uint8), (4, width))  # class 2 has no pixel
         pairs.append((rng.integers(1, 256, (4, width, 3), dtype=np.uint8), label))
-    classifier = fewshot_classifier(make_segmenter(window=4, stride=stride), pairs)
+    classifier = fewshot_classifier(make_engine(window=4, stride=stride), pairs, 3, fallback=text_rows)
     sums = sum(token_sums_by_hand(image, label, windows) for image, label in pairs)
     expected = sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)
     expected[2] = [0, 0, 1]  # no labelled pixel: the class keeps its text row
@@ -65,18 +73,19 @@ def test_rows_are_normalised_means_of_the_pixels_tokens(width, stride, windows):
     assert np.allclose(classifier.weights.numpy(), expected, atol=1e-6)
 
 
-def test_the_segmenter_predicts_with_it():
-    """Two flat colours labelled 0 and 1: with their mean tokens as rows, the segmenter labels each pixel with
-    its colour's class (with the text rows e_0, e_1, e_2 the blue half would be class 2)."""
+def test_the_engine_predicts_with_it():
+    """Two flat colours labelled 0 and 1: with their mean tokens as rows, the engine labels each pixel with its
+    colour's class (with the text rows e_0, e_1, e_2 the blue half would be class 2)."""
     image = np.zeros((4, 4, 3), np.uint8)
     image[:, :2] = (200, 50, 50)
     image[:, 2:] = (60, 60, 210)
     label = np.zeros((4, 4), np.uint8)
     label[:, 2:] = 1
     label[0, 0] = 255
-    segmenter = make_segmenter(window=4, stride=4)
-    segmenter.classifier = fewshot_classifier(segmenter, [(image, label)], num_classes=2)
-    assert segmenter.predict(image).tolist() == np.where(np.arange(4) < 2, 0, 1)[None].repeat(4, 0).tolist()
+    engine = make_engine(window=4, stride=4)
+    classifier = fewshot_classifier(engine, [(image, label)], num_classes=2)
+    assert engine.predict(image, classifier).tolist() == np.where(np.arange(4) < 2, 0, 1)[None].repeat(4, 0).tolist()
+    assert engine.predict(image, text_rows()).tolist() != engine.predict(image, classifier).tolist()
 
 
 @pytest.mark.parametrize("label, message", [
@@ -86,9 +95,19 @@ def test_the_segmenter_predicts_with_it():
 def test_bad_labels_are_refused_in_one_line(label, message):
     image = np.full((4, 4, 3), 100, np.uint8)
     with pytest.raises(ValueError, match=message):
-        fewshot_classifier(make_segmenter(4, 4), [(image, label)])
+        fewshot_classifier(make_engine(4, 4), [(image, label)], 3)
 
 
 def test_no_images_is_refused():
     with pytest.raises(ValueError, match="no labelled images"):
-        fewshot_classifier(make_segmenter(4, 4), [])
+        fewshot_classifier(make_engine(4, 4), [], 3)
+
+
+def test_a_class_without_pixels_needs_a_fallback_and_it_is_built_only_then():
+    image = np.full((4, 4, 3), 100, np.uint8)
+    label = np.zeros((4, 4), np.uint8)
+    built = []
+    with pytest.raises(ValueError, match=r"classes \[1, 2\] have no labelled pixel"):
+        fewshot_classifier(make_engine(4, 4), [(image, label)], 3)
+    fewshot_classifier(make_engine(4, 4), [(image, label)], 1, fallback=lambda: built.append(1) or text_rows())
+    assert built == []  # every class has pixels: the text rows are never encoded

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 import open_clip_simzss
 from open_clip_simzss.loss import SimZSSLoss, total_loss
-from open_clip_simzss.model import BatchSizes
+from open_clip_simzss.batch import BatchSizes
 
 STEP_BUDGET = 0  # a single-process step given the batch's BatchSizes (what training.main does)
 FORWARD_WITHOUT_SIZES_BUDGET = 1  # SimZSS.forward reads the sizes from the device tensors: one tolist()

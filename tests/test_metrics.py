@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from open_clip_simzss.metrics import IoUAccumulator, ThresholdSweep, parse_sweep
-from open_clip_simzss.segmentation import apply_background
+from open_clip_simzss.evaluation.metrics import IoUAccumulator, ThresholdSweep, parse_sweep
+from open_clip_simzss.segmentation.background import apply_background
 
 # 5 classes. Valid pixels (gt != 255): the first five.
 GT = np.array([0, 0, 1, 1, 2, 255, 255])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from open_clip_simzss.pamr import PAMR
+from open_clip_simzss.segmentation.pamr import PAMR
 
 
 def clamp(v, n):

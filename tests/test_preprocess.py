@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from open_clip_simzss.concepts import EXTRACTOR_VERSION, ConceptExtractor
+from open_clip_simzss.concepts import ConceptExtractor
+from open_clip_simzss.concepts.provenance import EXTRACTOR_VERSION
 from open_clip_simzss.cli.preprocess import main
-from open_clip_simzss.preprocess import split_member_name
+from open_clip_simzss.concepts.shards import split_member_name
 
 MTIME = 1_700_000_000
 
@@ -260,7 +261,7 @@ def test_bad_input_is_one_error_line(input_dir, tmp_path):
 
 def test_cli_error_exit_code_and_single_stderr_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "open_clip_simzss.preprocess", "--input", f"{tmp_path}/*.tar",
+        [sys.executable, "-m", "open_clip_simzss", "preprocess", "--input", f"{tmp_path}/*.tar",
          "--output", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )

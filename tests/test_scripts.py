@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["scripts/train_coco.sh", "scripts/train_lit.sh", "scripts/download_coco.sh", "scripts/evaluate.sh",
            "scripts/slurm/lumi.sbatch", "scripts/slurm/generic.sbatch",
            "scripts/slurm/evaluate_lumi.sbatch", "scripts/slurm/evaluate_generic.sbatch"]
-EVALUATE = "open_clip_simzss.evaluate"
+EVALUATE = "open_clip_simzss evaluate"  # python -m open_clip_simzss evaluate ...
 LR_BASE = 3e-5
 
 
@@ -48,11 +48,13 @@ def run(script, stubs, *args, check=True, **env_vars):
 
 
 def command_args(stdout, module="training.main"):
-    """The (last) printed command that runs ``module``: its words, the module's arguments, and these as a dict
-    flag -> value (None: a switch)."""
+    """The (last) printed command that runs ``module`` (a module, or a module and its command): its words, the
+    module's arguments, and these as a dict flag -> value (None: a switch)."""
     line = [ln for ln in stdout.splitlines() if module in ln][-1]
     words = shlex.split(line)
-    argv = words[words.index(module) + 1:]
+    head = module.split()
+    start = next(i for i in range(len(words)) if words[i:i + len(head)] == head)
+    argv = words[start + len(head):]
     flags = {}
     for i, word in enumerate(argv):
         if word.startswith("--"):
@@ -221,7 +223,7 @@ def test_sbatch_outside_slurm_refuses_to_run(stubs):
 
 
 def evaluate_args(argv):
-    """``argv`` as open_clip_simzss.evaluate parses it."""
+    """``argv`` as simzss-evaluate parses it."""
     from open_clip_simzss.cli.evaluate import build_parser
     return build_parser().parse_args(argv)
 
@@ -235,7 +237,8 @@ def test_evaluate_torchrun_dry_run(stubs):
     # torchrun on this node's 4 GPUs, with the "--" that torch 2.14's torchrun needs before the module
     assert Path(words[0]).name == "torchrun" and words[words.index("-m") + 1] == "--"
     launcher = get_args_parser().parse_args(words[1:])
-    assert launcher.module and launcher.training_script == EVALUATE and launcher.training_script_args == argv
+    assert launcher.module and launcher.training_script == "open_clip_simzss"
+    assert launcher.training_script_args == ["evaluate", *argv]
     assert launcher.nproc_per_node == "4" and launcher.standalone
     args = evaluate_args(argv)
     assert (args.model, args.checkpoint, args.dataset, args.data_root) == (
@@ -253,7 +256,7 @@ def test_evaluate_python_launcher_and_defaults(stubs):
                SLURM_NTASKS=16, CHECKPOINT="hf-hub:org/simzss b", DATASETS="voc20,context59", SWEEP="0:0.4:0.1",
                SWEEP_ON="", PRECISION="amp_bf16", WORKERS=3)
     words, argv, _ = command_args(proc.stdout, EVALUATE)
-    assert words[:4] == ["/opt/py", "-u", "-m", EVALUATE]
+    assert words[:5] == ["/opt/py", "-u", "-m", *EVALUATE.split()]
     args = evaluate_args(argv)
     assert args.checkpoint == "hf-hub:org/simzss b" and args.precision == "amp_bf16" and args.workers == 3
     assert args.background_sweep == "0:0.4:0.1" and args.sweep_on is None and not args.pamr  # SWEEP_ON="": test split
@@ -311,7 +314,7 @@ def test_evaluate_sbatch_dry_run(stubs, sbatch):
     srun_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("srun "))
     assert "--nodes=1 --ntasks=8 " in srun_line and "scripts/evaluate.sh --quiet" in proc.stdout
     words, argv, _ = command_args(proc.stdout, EVALUATE)
-    assert words[1:4] == ["-u", "-m", EVALUATE] and argv[-1] == "--quiet"
+    assert words[1:5] == ["-u", "-m", *EVALUATE.split()] and argv[-1] == "--quiet"
     assert "8 process(es)" in proc.stderr and "training.main" not in proc.stdout
     # in a job: its nodes and tasks
     proc = run(sbatch, stubs, DRY_RUN=1, **SLURM_ENV)
@@ -350,7 +353,7 @@ def test_download_dry_run_prints_the_pipeline_and_writes_nothing(stubs, tmp_path
     assert opt["--image_size"] == "256" and opt["--resize_mode"] == "keep_ratio"
     assert opt["--output_folder"] == f"{out}/raw/train2017" and opt["--number_sample_per_shard"] == "2000"
     assert any("captions_train2017.json" in ln and ln.startswith("unzip ") for ln in lines)
-    pre = shlex.split(next(ln for ln in lines if "open_clip_simzss.preprocess" in ln))
+    pre = shlex.split(next(ln for ln in lines if "open_clip_simzss preprocess" in ln))
     assert pre[pre.index("--input") + 1] == f"{out}/raw/train2017/*.tar"
     assert pre[pre.index("--output") + 1] == f"{out}/concepts"
     assert f"DATA={out}/concepts" in proc.stdout
@@ -367,7 +370,7 @@ def test_download_builds_shuffled_caption_rows(stubs, tmp_path):
     calls = stubs[1]
     stubs[2]("img2dataset", f'echo "img2dataset $*" >> "{calls}"')
     real_python = subprocess.run(["bash", "-c", "command -v python3"], capture_output=True, text=True).stdout.strip()
-    stubs[2]("python-wrapper", f'if [ "$1 $2" = "-m open_clip_simzss.preprocess" ]; then echo "preprocess $*" >> '
+    stubs[2]("python-wrapper", f'if [ "$1 $2 $3" = "-m open_clip_simzss preprocess" ]; then echo "preprocess $*" >> '
                                f'"{calls}"; exit 0; fi\nexec {real_python} "$@"')
     run("scripts/download_coco.sh", stubs, OUT=out, PYTHON=stubs[0] / "python-wrapper")
     rows = [json.loads(line) for line in (out / "metadata" / "train2017.jsonl").read_text().splitlines()]
@@ -376,7 +379,7 @@ def test_download_builds_shuffled_caption_rows(stubs, tmp_path):
     assert all(r["url"].endswith(f"{r['image_id']:012d}.jpg") for r in rows)
     assert [r["caption_id"] for r in rows] != sorted(r["caption_id"] for r in rows)  # shuffled
     recorded = calls.read_text()
-    assert "img2dataset --url_list" in recorded and "preprocess -m open_clip_simzss.preprocess" in recorded
+    assert "img2dataset --url_list" in recorded and "preprocess -m open_clip_simzss preprocess" in recorded
     # rerun: rows exist, nothing is rebuilt; same seed gives the same order
     before = (out / "metadata" / "train2017.jsonl").read_text()
     run("scripts/download_coco.sh", stubs, OUT=out, PYTHON=stubs[0] / "python-wrapper")

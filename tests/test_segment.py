@@ -13,11 +13,11 @@ from PIL import Image
 from skimage import data
 
 import open_clip_simzss
-from open_clip_simzss.checkpoint import save_pretrained
+from open_clip_simzss.weights.save import save_pretrained
 from open_clip_simzss.cli.segment import main
 from open_clip_simzss.images import collect_images, load_image, output_stems
-from open_clip_simzss.segment import Segmenter
-from open_clip_simzss.text_classifier import parse_labels
+from open_clip_simzss.segmentation.segmenter import Segmenter
+from open_clip_simzss.segmentation.labels import parse_labels
 
 FAST = ["--short-side", "64", "--window", "64", "--stride", "32", "--templates", "simple7", "--quiet"]
 
@@ -191,7 +191,7 @@ def test_cli_background_and_labels_file(photos, model_dir, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint_file(model_dir, tmp_path_factory):
-    from open_clip_simzss.weights import read_state_dict
+    from open_clip_simzss.weights.read import read_state_dict
     path = tmp_path_factory.mktemp("ckpt") / "epoch_1.pt"
     torch.save({"epoch": 1, "state_dict": read_state_dict(model_dir / "open_clip_model.safetensors")}, path)
     return path
@@ -233,10 +233,10 @@ def test_cli_cuda_unavailable(photos, model_dir, tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules")
 def test_python_m_entry_point(photos, model_dir, tmp_path, monkeypatch, capsys):
-    """``python -m open_clip_simzss.segment`` (run in-process: a subprocess would add seconds of imports)."""
-    monkeypatch.setattr(sys, "argv", ["segment", "--image", str(photos / "tiny.png"), "--labels", "cat, dog",
-                                      "--checkpoint", str(model_dir), "--output", str(tmp_path), *FAST])
+    """``python -m open_clip_simzss segment`` (run in-process: a subprocess would add seconds of imports)."""
+    monkeypatch.setattr(sys, "argv", ["open_clip_simzss", "segment", "--image", str(photos / "tiny.png"), "--labels",
+                                      "cat, dog", "--checkpoint", str(model_dir), "--output", str(tmp_path), *FAST])
     with pytest.raises(SystemExit) as status:
-        runpy.run_module("open_clip_simzss.segment", run_name="__main__")
+        runpy.run_module("open_clip_simzss", run_name="__main__")
     assert status.value.code == 0 and (tmp_path / "tiny.json").is_file()
     assert capsys.readouterr().err == ""

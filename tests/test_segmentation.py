@@ -7,12 +7,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from open_clip_simzss.pamr import PAMR, neighbour_offsets
 from open_clip_simzss.images import to_uint8_image
-from open_clip_simzss.segmentation import (
-    ZeroShotSegmenter, apply_background, foreground_confidence, rescale_size, resize_image_uint8, window_grid,
-)
-from open_clip_simzss.text_classifier import TEMPLATE_SETS, build_text_classifier, get_templates
+from open_clip_simzss.segmentation.background import BackgroundRule, apply_background, foreground_confidence
+from open_clip_simzss.segmentation.classifier import TEMPLATE_SETS, build_text_classifier, get_templates
+from open_clip_simzss.segmentation.engine import SlidingWindowEngine
+from open_clip_simzss.segmentation.pamr import PAMR, neighbour_offsets
+from open_clip_simzss.segmentation.protocol import SegmentationProtocol
+from open_clip_simzss.segmentation.windows import rescale_size, resize_image_uint8, window_grid
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -51,9 +52,13 @@ def fake_model():
     return PatchLinearModel()
 
 
-def make_segmenter(model, tokenizer, classes=("dog", "cat", "grass"), **kw):
-    kw = dict(dict(templates="photo1", mean=MEAN, std=STD), **kw)
-    return ZeroShotSegmenter(model, tokenizer, list(classes), **kw)
+def make_segmenter(model, tokenizer, classes=("dog", "cat", "grass"), templates="photo1", mean=MEAN, std=STD,
+                   window_batch_size=4, max_chunk_elements=1 << 24, **protocol):
+    """(engine, text classifier) of ``classes`` under the protocol's keyword arguments."""
+    engine = SlidingWindowEngine(model, SegmentationProtocol.of(templates=templates, **protocol),
+                                 window_batch_size=window_batch_size, mean=mean, std=std,
+                                 max_chunk_elements=max_chunk_elements)
+    return engine, build_text_classifier(model, tokenizer, list(classes), templates)
 
 
 def random_image(h, w, seed=0):
@@ -159,15 +164,15 @@ def _safe_pixels(size, boxes, axis, half_patch):
 
 def test_sliding_window_equals_whole_image_away_from_window_borders(fake_model, tokenizer):
     h, w, p = 64, 96, fake_model.visual.patch_size
-    seg = make_segmenter(fake_model, tokenizer, short_side=64, window=32, stride=16)
+    seg, clf = make_segmenter(fake_model, tokenizer, short_side=64, window=32, stride=16)
     image = random_image(h, w)
-    logits = seg.logits(image)
+    logits = seg.logits(image, clf)
     assert logits.shape == (3, h, w)
 
     # Whole-image reference: one forward on the full image, patch scores upsampled to the image.
     x = (torch.from_numpy(image).permute(2, 0, 1).float() - seg.mean) / seg.std
     tokens = F.normalize(fake_model.encode_dense(x[None]), dim=-1)
-    whole = F.interpolate(seg.classifier.scores(tokens).permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
+    whole = F.interpolate(clf.scores(tokens).permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
                           align_corners=False)[0]
 
     boxes = window_grid(h, w, 32, 16)
@@ -180,12 +185,12 @@ def test_sliding_window_equals_whole_image_away_from_window_borders(fake_model, 
 
 
 def test_separable_stitching_equals_window_by_window(fake_model, tokenizer):
-    seg = make_segmenter(fake_model, tokenizer, window=32, stride=16)
+    seg, clf = make_segmenter(fake_model, tokenizer, window=32, stride=16)
     # 3x5 windows; 2 rows of windows with the last one moved back (rows 0 and 8); smaller than the window and
     # padded from 20 to 24 rows
     for size in [(64, 96), (40, 90), (20, 100)]:
         normalized = torch.randn(3, *size)
-        (boxes, crop, padded, scores, _), = seg._window_scores([normalized])
+        (boxes, crop, padded, scores, _), = seg._window_scores([normalized], clf)
         explicit = seg._stitch_windows(size, boxes, crop, padded, scores)
         separable = seg._stitch_separable(size, boxes, crop, padded, scores)
         torch.testing.assert_close(separable, explicit, atol=1e-5, rtol=1e-5)
@@ -196,64 +201,61 @@ def test_separable_stitching_equals_window_by_window(fake_model, tokenizer):
 def test_windows_batched_across_images_give_each_image_its_own_result(fake_model, tokenizer, pamr):
     # windows of 20x32 crops (padded to 24x32 for the patch grid): 1 + 2 + 3 of the first three images, then
     # one 32x20 crop, then 3 more 20x32: 4 per forward, crossing image boundaries, never mixing crop sizes
-    seg = make_segmenter(fake_model, tokenizer, short_side=20, window=32, stride=16, window_batch_size=4,
-                         pamr=pamr)
+    seg, clf = make_segmenter(fake_model, tokenizer, short_side=20, window=32, stride=16, window_batch_size=4,
+                              pamr=pamr)
     torch.manual_seed(3)
     images = [torch.randint(0, 256, size + (3,), dtype=torch.uint8).numpy()
               for size in [(40, 64), (30, 60), (40, 100), (64, 40), (40, 100)]]
-    calls = []
-    original = seg._patch_scores
-    seg._patch_scores = lambda crops: calls.append(len(crops)) or original(crops)
-    batched = seg.predict_foreground_batch(images)
-    assert calls == [4, 2, 1, 3]
-    seg._patch_scores = original
+    fake_model.dense_calls.clear()
+    batched = seg.classes_and_confidence_batch(images, clf)
+    assert [shape[0] for shape in fake_model.dense_calls] == [4, 2, 1, 3]  # windows per forward of the tower
     for image, (labels, confidence) in zip(images, batched):
-        single_labels, single_confidence = seg.predict_foreground(image)
+        single_labels, single_confidence = seg.classes_and_confidence(image, clf)
         assert torch.equal(labels, single_labels)
         torch.testing.assert_close(confidence, single_confidence, atol=1e-6, rtol=1e-6)
 
 
 def test_windows_are_batched_and_cover_protocol_sizes(tokenizer):
     model = PatchLinearModel(patch_size=14)
-    seg = make_segmenter(model, tokenizer, window_batch_size=2)
-    out = seg.logits(random_image(1024, 2048))  # Cityscapes-like: 896x448 -> 1x3 windows of 448
+    seg, clf = make_segmenter(model, tokenizer, window_batch_size=2)
+    out = seg.logits(random_image(1024, 2048), clf)  # Cityscapes-like: 896x448 -> 1x3 windows of 448
     assert out.shape == (3, 1024, 2048)
     assert model.dense_calls == [(2, 3, 448, 448), (1, 3, 448, 448)]
 
 
 def test_image_smaller_than_window_is_padded_to_the_patch_grid(fake_model, tokenizer):
     # Aspect ratio 5: the short side (20) stays below the window and is not a multiple of the patch size 8.
-    seg = make_segmenter(fake_model, tokenizer, short_side=20, max_long_side=100, window=32, stride=16)
+    seg, clf = make_segmenter(fake_model, tokenizer, short_side=20, max_long_side=100, window=32, stride=16)
     image = random_image(20, 100)
-    logits = seg.logits(image)
+    logits = seg.logits(image, clf)
     assert logits.shape == (3, 20, 100)
     # Reference: the first window (20x32), padded with the mean colour to 24x32, computed by hand.
     x = (torch.from_numpy(image).permute(2, 0, 1).float() - seg.mean) / seg.std
     crop = F.pad(x[None, :, :, :32], (0, 0, 0, 4))
-    scores = seg.classifier.scores(F.normalize(fake_model.encode_dense(crop), dim=-1)).permute(0, 3, 1, 2)
+    scores = clf.scores(F.normalize(fake_model.encode_dense(crop), dim=-1)).permute(0, 3, 1, 2)
     ref = F.interpolate(scores, size=(24, 32), mode="bilinear", align_corners=False)[0, :, :20, :16]
     torch.testing.assert_close(logits[:, :, :12], ref[:, :, :12], atol=1e-5, rtol=1e-5)  # only window 0 there
 
 
 def test_predict_matches_full_resolution_logits(fake_model, tokenizer):
-    seg = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, max_chunk_elements=300)
+    seg, clf = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, max_chunk_elements=300)
     # 45x70 is resized to 32x50 and back; 150x230 to 32x49 and 4.7x up, where most output pixels lie between
     # 4 source pixels of one label (the shortcut) and the rest near label boundaries (computed in chunks);
     # 32x48 is not resized at all.
     for image in (random_image(45, 70, seed=3), random_image(150, 230, seed=4), random_image(32, 48, seed=5)):
-        logits = seg.logits(image)
+        logits = seg.logits(image, clf)
         for score in ("sigmoid", "softmax"):
-            seg.background_score = score
-            labels, conf = seg.predict_foreground(image)
+            seg.protocol = seg.protocol.replace(background=BackgroundRule(score))
+            labels, conf = seg.classes_and_confidence(image, clf)
             assert torch.equal(labels, logits.argmax(0))
-            torch.testing.assert_close(conf, foreground_confidence(logits, score, seg.background_scale))
-        seg.background_score = "sigmoid"
-        assert torch.equal(seg.predict(Image.fromarray(image)), logits.argmax(0))
-        assert seg.predict_foreground(image, with_confidence=False)[1] is None
+            torch.testing.assert_close(conf, foreground_confidence(logits, score, seg.protocol.background.scale))
+        seg.protocol = seg.protocol.replace(background=BackgroundRule())
+        assert torch.equal(seg.predict(Image.fromarray(image), clf), logits.argmax(0))
+        assert seg.classes_and_confidence(image, clf, with_confidence=False)[1] is None
 
 
 def test_full_resolution_argmax_when_a_third_class_wins_between_two_pixels(fake_model, tokenizer):
-    seg = make_segmenter(fake_model, tokenizer)
+    seg, _ = make_segmenter(fake_model, tokenizer)
     # Two source pixels: class 0 wins left, class 1 right; class 2 is second at both and wins in between.
     stitched = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.9, 0.9]]])
     labels, conf = seg.reduce_to_size(stitched, (3, 8))
@@ -266,14 +268,14 @@ def test_full_resolution_argmax_when_a_third_class_wins_between_two_pixels(fake_
 @pytest.mark.parametrize("score", ["sigmoid", "softmax"])
 def test_background_threshold_equals_constant_background_channel(fake_model, tokenizer, score):
     image = random_image(40, 56, seed=1)
-    seg = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, background_score=score,
-                         background_scale=10.0)
-    logits = seg.logits(image)
+    seg, clf = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, background_score=score,
+                              background_scale=10.0)
+    logits = seg.logits(image, clf)
     probs = torch.sigmoid(logits) if score == "sigmoid" else torch.softmax(10.0 * logits, dim=0)
     conf = probs.max(0).values
     threshold = float(conf.median())  # half the pixels become background
-    seg.background_threshold = threshold
-    pred = seg.predict(image)
+    seg.protocol = seg.protocol.replace(background=seg.protocol.background.with_threshold(threshold))
+    pred = seg.predict(image, clf)
     # TCL/Talk2DINO: a constant bg_thresh channel in front of the class scores, then the argmax.
     constant = torch.cat([torch.full_like(probs[:1], threshold), probs]).argmax(0)
     ties = torch.isclose(conf, torch.tensor(threshold), atol=1e-6)
@@ -319,17 +321,18 @@ def test_pamr_snaps_masks_to_image_edges():
 
 def test_engine_with_pamr_runs_and_changes_scores(fake_model, tokenizer):
     image = random_image(32, 48, seed=2)
-    plain = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16)
-    refined = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, pamr=True)
-    a, b = plain.logits(image), refined.logits(image)
+    plain, clf = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16)
+    refined, _ = make_segmenter(fake_model, tokenizer, short_side=32, window=32, stride=16, pamr=True)
+    a, b = plain.logits(image, clf), refined.logits(image, clf)
     assert a.shape == b.shape and not torch.allclose(a, b)
     assert b.max() <= a.max() + 1e-5 and b.min() >= a.min() - 1e-5  # convex combinations
 
 
 def test_real_tiny_model_end_to_end(tiny_model, tokenizer):
-    seg = ZeroShotSegmenter(tiny_model, tokenizer, ["dog", "cat"], templates="simple7", short_side=64,
-                            window=64, stride=32, background_threshold=0.5)
-    pred = seg.predict(torch.from_numpy(random_image(50, 80)).permute(2, 0, 1))
+    seg = SlidingWindowEngine(tiny_model, SegmentationProtocol.of(templates="simple7", short_side=64, window=64,
+                                                                  stride=32, background_threshold=0.5))
+    clf = build_text_classifier(tiny_model, tokenizer, ["dog", "cat"], "simple7")
+    pred = seg.predict(torch.from_numpy(random_image(50, 80)).permute(2, 0, 1), clf)
     assert pred.shape == (50, 80) and pred.dtype == torch.int64
     assert int(pred.min()) >= 0 and int(pred.max()) <= 2
     mean = torch.tensor(tiny_model.visual.preprocess_cfg["mean"]).view(3, 1, 1) * 255
@@ -353,15 +356,15 @@ def test_classifier_is_the_renormalised_mean_of_full_length_prompt_embeddings(ti
 def test_amp_bf16_autocasts_the_tower_only_and_agrees_with_fp32(tiny_model, tokenizer):
     names = ["dog", "cat", "grass", "sky", "car"]
     kw = dict(templates="photo1", short_side=64, window=64, stride=32)
-    fp32 = ZeroShotSegmenter(tiny_model, tokenizer, names, **kw)
-    bf16 = ZeroShotSegmenter(tiny_model, tokenizer, names, precision="amp_bf16", **kw)
-    torch.testing.assert_close(bf16.classifier.weights, fp32.classifier.weights)  # classifier built in fp32
-    assert bf16.classifier.weights.dtype == torch.float32
+    fp32 = SlidingWindowEngine(tiny_model, SegmentationProtocol(**kw))
+    bf16 = SlidingWindowEngine(tiny_model, SegmentationProtocol(precision="amp_bf16", **kw))
+    clf = build_text_classifier(tiny_model, tokenizer, names, "photo1")  # the text classifier is always fp32
+    assert clf.weights.dtype == torch.float32
     image = random_image(70, 100, seed=3)
-    a, b = fp32.logits(image), bf16.logits(image)
+    a, b = fp32.logits(image, clf), bf16.logits(image, clf)
     assert b.dtype == torch.float32 and not torch.equal(a, b)  # the tower did run in bf16
     assert (a - b).abs().max() < 0.01
-    agree = (fp32.predict(image) == bf16.predict(image)).float().mean()
+    agree = (fp32.predict(image, clf) == bf16.predict(image, clf)).float().mean()
     assert agree > 0.9, agree
     with pytest.raises(ValueError, match="precision must be one of"):
-        ZeroShotSegmenter(tiny_model, tokenizer, names, precision="bf16", **kw)
+        SegmentationProtocol(precision="bf16", **kw)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from open_clip_simzss.cli.demo import main
-from open_clip_simzss.studies import STUDIES, paired_difference, t_quantile, verdict
+from open_clip_simzss.workflows.studies import STUDIES, paired_difference, t_quantile, verdict
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_fewshot_key_names_the_vision_weights_and_ignores_the_text_tower():
     """Runs share a few-shot classifier when the feature cache's tower digest is equal (studies.Bench)."""
     torch = pytest.importorskip("torch")
     import open_clip_simzss
-    from open_clip_simzss.feature_cache import tower_fingerprint
+    from open_clip_simzss.weights.identity import tower_fingerprint
 
     def key(model):
         return tower_fingerprint(model, {}, "float32")

@@ -5,8 +5,8 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from open_clip_simzss import synthetic
-from open_clip_simzss.synthetic import BACKGROUNDS, CATEGORIES, OBJECTS, make_scene
+from open_clip_simzss.workflows import synthetic
+from open_clip_simzss.workflows.synthetic import BACKGROUNDS, CATEGORIES, OBJECTS, make_scene
 
 
 def test_scene_is_deterministic_per_seed():

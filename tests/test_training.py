@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 
 from open_clip_simzss.concepts import ConceptExtractor
-from open_clip_simzss.data import SampleDecoder
+from training.data import SampleDecoder
 from shards import write_shards
 from training.main import cli
 

@@ -7,9 +7,9 @@ from PIL import Image
 from skimage import data
 
 import open_clip_simzss
-from open_clip_simzss.checkpoint import save_pretrained
+from open_clip_simzss.weights.save import save_pretrained
 from open_clip_simzss.cli.visualize import main
-from open_clip_simzss.visualize import (
+from open_clip_simzss.segmentation.pictures import (
     feature_pyramid, label_colors, label_map_image, overlay_with_legend, pca_panels, scaled_size,
 )
 

@@ -4,24 +4,32 @@
 ``open_clip.get_tokenizer("simzss-vitb14")``). It imports neither spaCy nor WebDataset (the ``[train]`` extra):
 training and concept extraction import them where they need them.
 
-``load_model(model, checkpoint)`` is the one way to load a trained model: it returns ``(model, preprocess)``
-for any checkpoint reference (file, model folder, ``local-dir:``, ``hf-hub:``, ``org/name``).
+The package face (README): the factory (``create_model``, ``create_model_and_transforms``,
+``create_model_from_pretrained``), ``load_model`` (the one way to load a trained model: ``(model, preprocess)``
+for any checkpoint reference) and ``load_tokenizer``, the model and its losses (Eq. 1-10), segmentation
+(``Segmenter``, ``SlidingWindowEngine``, ``SegmentationProtocol``), evaluation (``Evaluation``,
+``EvaluationProtocol``) and ``save_pretrained``. The layers, bottom to top: utilities, the model and its loss,
+``weights``, ``factory``, ``concepts``, ``segmentation``, ``evaluation``, ``workflows``, ``cli`` (docs/README.md,
+"The house").
 """
 from open_clip import get_tokenizer
 
-from .factory import (
-    create_model, create_model_and_transforms, create_model_from_pretrained, list_models, register_model_configs,
-)
-from .loading import ModelSource, load_model, load_tokenizer
+from .factory import create_model, create_model_and_transforms, create_model_from_pretrained
 from .loss import SimZSSLoss, concept_classification_loss, pool_visual_concepts, total_loss
 from .model import SimZSS, pool_text_concepts, text_concepts
+from .model_configs import list_models, register_model_configs
 from .version import __version__
-from .weights import CheckpointError
+from .weights import CheckpointError, ModelSource, load_model, load_tokenizer
 
-# Imported on first use: keeps ``import open_clip_simzss`` light, and lets ``python -m open_clip_simzss.segment``
-# run the module as __main__ without the package having imported it first.
-_LAZY = {"Segmenter": "segment", "SegmentationResult": "segment", "ZeroShotSegmenter": "segmentation",
-         "save_pretrained": "checkpoint"}
+# Imported on first use: keeps ``import open_clip_simzss`` light (segmentation, evaluation and model folders are
+# not needed to build or train a model).
+_LAZY = {
+    "Segmenter": "segmentation.segmenter", "SegmentationResult": "segmentation.segmenter",
+    "SlidingWindowEngine": "segmentation.engine", "SegmentationProtocol": "segmentation.protocol",
+    "BackgroundRule": "segmentation.background", "build_text_classifier": "segmentation.classifier",
+    "Evaluation": "evaluation.run", "EvaluationProtocol": "evaluation.protocol",
+    "save_pretrained": "weights.save",
+}
 
 __all__ = [
     "CheckpointError", "ModelSource", "SimZSS", "SimZSSLoss", "__version__", "concept_classification_loss",

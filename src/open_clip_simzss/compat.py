@@ -3,7 +3,8 @@
 Both OpenCLIP's trainer (``open_clip_train.zero_shot.accuracy``, used by ``--imagenet-val``) and clip_benchmark
 1.6.2 convert counts with ``float()`` of a 1-element 1-D array. NumPy deprecated that in 1.25 and NumPy 2.4 made
 it ``TypeError: only 0-dimensional arrays can be converted to Python scalars``. We replace just that function,
-in its module, only when a probe shows the original fails; once fixed upstream, nothing is replaced.
+in its module, only when a probe shows the original fails; once fixed upstream, nothing is replaced: the
+trainer's in ``training/compat.py``, clip_benchmark's in ``evaluation/clip_benchmark.py``.
 """
 
 
@@ -23,10 +24,3 @@ def topk_correct(output, target, topk=(1,)):
     ranked = output.topk(max(topk), dim=1).indices  # [N, kmax] class ids, best first
     hits = ranked.eq(target.view(-1, 1))            # a label appears at most once per row
     return [float(hits[:, :k].sum().item()) for k in topk]
-
-
-def fix_open_clip_zero_shot():
-    """Make ``--imagenet-val`` work: ``run()`` looks ``accuracy`` up in its module at call time."""
-    from open_clip_train import zero_shot
-    if zero_shot.accuracy is not topk_correct and accuracy_is_broken(zero_shot.accuracy):
-        zero_shot.accuracy = topk_correct

@@ -10,13 +10,13 @@ Two variants (``variant=``, docs/method.md "Paper vs release"): ``"paper"`` foll
 ``"release"`` reproduces the authors' released code (tileb1/simzss), whose published numbers it produced: each
 concept queries the patches with its id's classifier row instead of its own vector, and the cross-entropy target
 is the argmax of the detached logits instead of the concept's id. (The third difference, how a text concept is
-built from its tokens, is in ``model.text_concepts``.)
+built from its tokens, is in ``model.text_concepts``; ``variants.py`` tabulates all three.)
 
 Distributed training all-gathers the concepts (with gradient for the local ones when ``gather_with_grad``),
 so the result equals single-process training on the same global batch, for both variants, exactly as
 OpenCLIP's ``ClipLoss``.
 
-Host syncs (docs/performance.md): given the batch's ``BatchSizes`` (``model.py``; ``SimZSS.forward`` passes
+Host syncs (docs/performance.md): given the batch's ``BatchSizes`` (``batch.py``; ``SimZSS.forward`` passes
 them on), a single-process loss reads nothing back from the device. Without them, the pooling layout and the
 classifier size are read from the device (one sync each). Distributed training needs two: the per-rank concept
 counts (the sizes of the variable all-gather) and the number of distinct ids of the global batch.
@@ -29,26 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
+from .batch import id_rows, image_slots
 from .validation import check_non_negative, check_positive
-
-
-def image_slots(image_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(order, sorted image, slot): the concepts sorted by image (stable), and each one's rank among its
-    image's concepts. No host sync (``torch.bincount`` would size its output from the largest index: one)."""
-    order = torch.argsort(image_index, stable=True)
-    sorted_image = image_index[order]
-    first_of_image = torch.searchsorted(sorted_image, sorted_image)  # where each concept's image starts
-    return order, sorted_image, torch.arange(image_index.shape[0], device=image_index.device) - first_of_image
-
-
-def id_rows(concept_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(row of each concept's id among the batch's distinct ids in increasing order [M], whether each id of
-    the sorted ids is a new one [M]): ``torch.unique(return_inverse=True)`` without its host sync."""
-    sorted_ids, order = torch.sort(concept_ids, stable=True)
-    is_new = torch.ones_like(sorted_ids, dtype=torch.bool)
-    is_new[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    sorted_row = torch.cumsum(is_new, dim=0) - 1  # the number of distinct smaller ids
-    return torch.empty_like(sorted_row).index_put((order,), sorted_row), is_new
+from .variants import check_variant
 
 
 def pool_visual_concepts(
@@ -93,15 +76,6 @@ def pool_visual_concepts(
     weights = torch.softmax(torch.bmm(padded, patches.transpose(1, 2)) / tau, dim=-1)  # [B, K, N]
     pooled = torch.bmm(weights, patches).reshape(-1, queries.shape[-1])[flat_slot]
     return torch.zeros_like(queries).index_put((order,), pooled)
-
-
-VARIANTS = ("paper", "release")
-
-
-def check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown SimZSS variant {variant!r}: use one of {', '.join(VARIANTS)} (docs/method.md)")
-    return variant
 
 
 def concept_classifier(text_concepts: torch.Tensor, concept_ids: torch.Tensor,
@@ -253,7 +227,7 @@ class SimZSSLoss(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``L_l`` (Eq. 3-4, 7-9) over the global batch; returns (loss, accuracy).
 
-        ``batch_sizes`` (``model.BatchSizes`` of the local batch) spares the host syncs of the pooling layout
+        ``batch_sizes`` (``batch.BatchSizes`` of the local batch) spares the host syncs of the pooling layout
         and, in a single process, of the classifier size. Eq. 3-9 run in fp32 even under autocast: the cosines
         are divided by τ = 0.1 and T = 0.07 before their softmax, which would magnify bf16's rounding (~0.4 %)
         tenfold, and these operations are a small share of the step (docs/performance.md).

@@ -2,13 +2,12 @@
 
 The shared space IS the vision tower's space: there is no projection on the vision side, and the text side
 has one linear map ``g`` (the text projection). Text concepts (Eq. 1-2) are pooled from the text tower's output
-tokens *before* ``g``; this module computes them, ``loss.py`` does Eq. 3-10.
+tokens *before* ``g``; this module computes them, ``loss.py`` does Eq. 3-10 (``batch.py``: how a batch's concepts are laid out).
 
 The state-dict layout (``visual.trunk.*``, ``text.*``, ``logit_scale``) is the one of OpenCLIP's
 ``CustomTextCLIP`` with a ``TimmModel`` vision tower, so a SimZSS checkpoint of a "token"-pooled config also
 loads into a plain OpenCLIP model (global features only, see README "Interoperability").
 """
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -19,8 +18,9 @@ import torch.nn.functional as F
 from open_clip.model import _build_text_tower  # the builder OpenCLIP's own CustomTextCLIP uses
 from open_clip.transformer import text_global_pool
 
+from .batch import BatchSizes
 from .denoiser import build_denoiser
-from .loss import check_variant, id_rows, image_slots
+from .variants import check_variant
 
 # vision_cfg keys this model understands. They are OpenCLIP's CLIPVisionCfg names (so our JSON configs stay
 # readable by OpenCLIP) plus ``timm_model_kwargs`` for towers that need extra timm arguments (simzss-tiny).
@@ -121,54 +121,6 @@ class FrozenVisionTower(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(image)[0]
-
-
-@dataclass(frozen=True)
-class BatchSizes:
-    """The sizes a training batch's tensor shapes depend on, read once on the host (docs/performance.md).
-
-    On an accelerator, reading a number out of a device tensor (``int(t)``, ``.item()``, ``nonzero``,
-    ``unique``) stalls the host until the device has run everything queued before it: a host-device sync.
-    Computed from the loader's CPU batch (``data.Batcher`` does it in the loader workers), these sizes let
-    ``SimZSS.forward`` and ``SimZSSLoss`` run a single-process step with no sync at all. Without them, both
-    compute what they need from the device tensors, with syncs (``SimZSS.forward``: one).
-    """
-    text_length: int  # positions the text tower runs: up to the batch's last end-of-text token (trimming)
-    concept_tokens: int = 0  # set entries of concept_token_mask: the (concept, token) pairs of Eq. 1
-    concepts_per_image: int = 0  # most concepts of one image: the slots of pool_visual_concepts' layout
-    concept_classes: int = 0  # distinct concept ids: the rows of the concept classifier (Eq. 7)
-
-    @classmethod
-    def of(
-            cls,
-            text: torch.Tensor,
-            concept_ids: Optional[torch.Tensor] = None,
-            concept_image_index: Optional[torch.Tensor] = None,
-            concept_token_mask: Optional[torch.Tensor] = None,
-    ) -> "BatchSizes":
-        """The sizes of a batch, checked: every concept has a token and none lies after the last end-of-text
-        token. One read of one small tensor: free on CPU tensors, one host sync on device tensors."""
-        eos = text.argmax(dim=-1)  # the end-of-text token has the largest id (OpenCLIP's argmax pooling)
-        stats = [eos.max() + 1]
-        num_concepts = 0 if concept_ids is None else concept_ids.shape[0]
-        if num_concepts:
-            if not (concept_token_mask.shape[0] == concept_image_index.shape[0] == num_concepts):
-                raise ValueError("concept_ids, concept_image_index and concept_token_mask disagree on the number "
-                                 "of concepts")
-            tokens = concept_token_mask.sum(dim=1)
-            positions = torch.arange(concept_token_mask.shape[1], device=text.device)
-            last_position = torch.where(concept_token_mask.any(dim=0), positions, -1).max()
-            slots = image_slots(concept_image_index)[2].max() + 1
-            stats += [tokens.sum(), tokens.min(), last_position, slots, id_rows(concept_ids)[1].sum()]
-        values = torch.stack(stats).tolist()
-        if not num_concepts:
-            return cls(values[0])
-        text_length, concept_tokens, fewest_tokens, last_position, concepts_per_image, concept_classes = values
-        if fewest_tokens == 0:
-            raise ValueError("every concept needs at least one token position")
-        if last_position >= text_length:
-            raise ValueError("a concept lies after its caption's end-of-text token")
-        return cls(text_length, concept_tokens, concepts_per_image, concept_classes)
 
 
 def _concept_token_rows(

@@ -4,7 +4,6 @@ SimZSS flags are parsed first and removed, the rest goes to OpenCLIP's parser un
 keeps its meaning. Combinations this trainer cannot honour are refused with a one-line reason.
 """
 import argparse
-import sys
 
 from open_clip_train.params import parse_args as parse_open_clip_args
 
@@ -131,6 +130,3 @@ def parse_args(argv):
     validate(args)
     return args
 
-
-if __name__ == "__main__":
-    print(parse_args(sys.argv[1:]))

@@ -16,8 +16,9 @@ from open_clip_train.distributed import is_master
 from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
 
-from open_clip_simzss.data import SkipTally
 from open_clip_simzss.loss import total_loss as sum_losses
+
+from training.data import SkipTally
 
 try:
     import wandb

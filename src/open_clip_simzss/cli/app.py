@@ -1,4 +1,4 @@
-"""``simzss-app``: the web app (``open_clip_simzss.app``; the ``[app]`` extra, Gradio).
+"""``simzss-app``: the web app (``open_clip_simzss.workflows.app`` and ``.page``; the ``[app]`` extra, Gradio).
 
     simzss-app                                        # the demo's SimZSS model; http://127.0.0.1:7860
     simzss-app --checkpoint simzss-coco/ --host 0.0.0.0 --port 8080 --device cuda
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..extras import MissingExtraError
+from ..segmentation.protocol import SegmentationProtocol
 from . import common
 
 
@@ -38,39 +39,38 @@ def build_parser():
 
 
 def serve(args) -> int:
-    from .. import app as web
+    from ..workflows import app as web
+    from ..workflows import page
 
     if importlib.util.find_spec("gradio") is None:
         raise MissingExtraError("simzss-app needs the [app] extra (gradio not installed): "
                                 "pip install 'open_clip_simzss[app]'")
-    common.check_positive(args, "short_side", "window", "stride", "port")
+    common.check_positive(args, "port")
     output_dir = Path(args.output_dir or web.user_cache_dir() / "app").resolve()
     os.environ.setdefault("GRADIO_TEMP_DIR", str(output_dir / "uploads"))  # before Gradio is imported
     device = common.device(args)
-    protocol, examples, allowed = {}, [], []
+    # None = the model's own protocol (the demo's for the embedded model); the flags given win over it
+    given = {k: getattr(args, k) for k in ("templates", "short_side", "window", "stride") if getattr(args, k) is not None}
+    with common.flags_of(ValueError):
+        protocol = SegmentationProtocol(pamr=args.pamr, **given)  # checked before a model is loaded or trained
+    examples, allowed = [], []
     if args.checkpoint is None and args.model is None:
         embedded = web.embedded_model(args.demo_output, log=lambda line: print(line, file=sys.stderr, flush=True))
         args.model, args.checkpoint = embedded.model, str(embedded.checkpoint)
-        protocol, description = dict(embedded.protocol), embedded.description
+        protocol, description = embedded.protocol.replace(pamr=args.pamr, **given), embedded.description
         examples, allowed = web.example_scenes(embedded.scenes), [embedded.scenes]
     common.check_checkpoint(args)
     model, tokenizer = common.load(args, device)
     if not examples:
         description = (f"`{model.source.spec}` from `{args.checkpoint}`" if args.checkpoint is not None else
                        f"`{model.source.spec}` with RANDOM weights (no --checkpoint: a smoke test, not a model)")
-    protocol.update({k: getattr(args, k) for k in ("templates", "short_side", "window", "stride")
-                     if getattr(args, k) is not None})
-    app = web.SegmentApp(model, tokenizer, output_dir, description, dict(protocol, device=device), examples,
-                         pamr=args.pamr)
+    app = web.SegmentApp(model, tokenizer, output_dir, description, protocol, device=device, examples=examples)
     print(f"serving {model.source.spec} on http://{args.host}:{args.port} (outputs in {app.output_dir})",
           file=sys.stderr, flush=True)
-    web.launch(app, args.host, args.port, args.share, allowed)
+    page.launch(app, args.host, args.port, args.share, allowed)
     return 0
 
 
 def main(argv=None) -> int:
     return common.run(build_parser(), serve, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,12 +6,10 @@ checkpoints, upload a model folder to the Hugging Face hub.
     simzss-checkpoint convert --checkpoint simzss_coco.pth --output simzss-vitb14-coco-ref
 
 ``export`` reads the model name from the run's ``params.txt`` when ``--model`` is not given. ``--output`` is
-checked before any checkpoint is read; a folder appears complete or not at all (``checkpoint.save_pretrained``).
+checked before any checkpoint is read; a folder appears complete or not at all (``weights.save.save_pretrained``).
 """
-import sys
-
-from ..checkpoint import FORMATS, export_checkpoint
-from ..loading import DEFAULT_MODEL
+from ..weights.resolve import DEFAULT_MODEL
+from ..weights.save import FORMATS, export_checkpoint
 from . import common
 
 
@@ -55,12 +53,12 @@ def checkpoint(args) -> int:
     if args.command == "export":
         folder = export_checkpoint(args.checkpoint, args.output, args.model, FORMATS[args.format])
     elif args.command == "convert":
-        from ..reference import convert_reference_checkpoint
+        from ..weights.authors import convert_reference_checkpoint
         with common.bad_input(ValueError):
             folder = convert_reference_checkpoint(args.checkpoint, args.output, args.model, args.image_stats,
                                                   args.trust_pickle, FORMATS[args.format])
     else:
-        from ..hub import push_to_hub
+        from ..weights.hub import push_to_hub
         common.check_checkpoint(args)
         push_to_hub(args.checkpoint, args.repo_id, model=args.model, private=args.private, token=args.token)
         print(f"uploaded to https://huggingface.co/{args.repo_id}; load it as hf-hub:{args.repo_id}")
@@ -72,6 +70,3 @@ def checkpoint(args) -> int:
 def main(argv=None) -> int:
     return common.run(build_parser(), checkpoint, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,13 +1,14 @@
 """``simzss-clip-benchmark``: SimZSS in clip_benchmark (``eval``, ``suite``, ``merge``, ``build``); see
-``open_clip_simzss.clip_benchmark``. ``eval`` and ``build`` take clip_benchmark's own flags."""
+``open_clip_simzss.evaluation.clip_benchmark``. ``eval`` and ``build`` take clip_benchmark's own flags."""
 import logging
 import sys
 from typing import List, Optional, Sequence
 
-from .. import clip_benchmark as cb
+from ..evaluation import clip_benchmark as cb
+from ..version import __version__
 from . import common
 
-COMMANDS = ("eval", "suite", "merge", "build")
+SUBCOMMANDS = ("eval", "suite", "merge", "build")
 
 
 def suite_parser():
@@ -79,16 +80,13 @@ def dispatch(argv: List[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
-        print(f"{cb.PROG} {common.__version__}")
+        print(f"{cb.PROG} {__version__}")
         return 0
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: {cb.PROG} {{{','.join(COMMANDS)}}} ...  (--help after a command for its flags)",
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print(f"usage: {cb.PROG} {{{','.join(SUBCOMMANDS)}}} ...  (--help after a command for its flags)",
               file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else common.EXIT_USAGE
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return common.run(None, dispatch, argv, input_errors=(cb.BenchmarkInputError,))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""What every command shares: the error policy, argument groups, and the device and model they resolve.
+"""What every command shares: the error policy, argument groups, and the device, protocol and model they resolve.
 
-Error policy (every ``simzss-*`` command and ``python -m open_clip_simzss.<name>``):
+Error policy (every ``simzss-*`` command and ``python -m open_clip_simzss <command>``):
 
 - bad input (an unknown flag, a missing file, a checkpoint of another model, a missing dataset folder): one
   ``error: ...`` line on stderr, exit status 2;
@@ -9,27 +9,29 @@ Error policy (every ``simzss-*`` command and ``python -m open_clip_simzss.<name>
 - ``--debug`` prints the traceback before that line; ``--version`` prints the package version.
 """
 import argparse
+import re
 import sys
 import traceback
 from contextlib import contextmanager
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-from .. import __version__
 from ..atomic import WriteError, check_output as check_writable
-from ..datasets import DatasetError
+from ..evaluation.datasets import DatasetError
 from ..extras import MissingExtraError
-from ..loading import DEFAULT_MODEL, resolve_device
-from ..segmentation import (
-    BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCALE, DEFAULT_BACKGROUND_SCORE, DEFAULT_BACKGROUND_THRESHOLD,
-    MAX_LONG_SIDE, SHORT_SIDE, STRIDE, WINDOW,
+from ..segmentation.background import (
+    BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCALE, DEFAULT_BACKGROUND_SCORE, PUBLISHED_THRESHOLDS,
 )
-from ..text_classifier import DEFAULT_TEMPLATES, TEMPLATE_SETS, parse_labels
-from ..validation import check_fraction, check_positive as check_positive_number
-from ..weights import CheckpointError, one_line
+from ..segmentation.classifier import DEFAULT_TEMPLATES, TEMPLATE_SETS
+from ..segmentation.labels import parse_labels
+from ..segmentation.protocol import SegmentationProtocol
+from ..segmentation.windows import MAX_LONG_SIDE, SHORT_SIDE, STRIDE, WINDOW
+from ..version import __version__
+from ..weights.build import MODEL_PRECISIONS, resolve_device
+from ..weights.read import CheckpointError, one_line
+from ..weights.resolve import DEFAULT_MODEL, checkpoint_spec
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-PRECISIONS = ("fp32", "bf16", "fp16", "pure_bf16", "pure_fp16")
 
 
 class UsageError(Exception):
@@ -110,7 +112,7 @@ def add_model_args(p: argparse.ArgumentParser, checkpoint_required: bool = False
                         "(without it: random weights, smoke tests only)")
 
 
-def add_device_args(p: argparse.ArgumentParser, precisions: Iterable[str] = PRECISIONS):
+def add_device_args(p: argparse.ArgumentParser, precisions: Iterable[str] = MODEL_PRECISIONS):
     g = p.add_argument_group("device")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--precision", default="fp32", choices=tuple(precisions))
@@ -152,7 +154,7 @@ def add_protocol_args(p: argparse.ArgumentParser, background_default: Optional[s
     threshold.add_argument("--background-threshold", type=float,
                            help="pixels whose foreground confidence is below this are background "
                                 f"({background_default}"
-                                + (")" if evaluation else f"; default per score: {DEFAULT_BACKGROUND_THRESHOLD})"))
+                                + (")" if evaluation else f"; default per score: {PUBLISHED_THRESHOLDS['voc21']})"))
     if evaluation:
         threshold.add_argument("--background-sweep", metavar="START:STOP:STEP",
                                help="evaluate many thresholds from one pass: a grid in cosine units with the sigmoid score "
@@ -171,15 +173,32 @@ def check_positive(args: argparse.Namespace, *names: str):
         raise UsageError(f"{', '.join('--' + n.replace('_', '-') for n in bad)} must be positive")
 
 
-def check_protocol(args: argparse.Namespace):
-    """The protocol flags of ``add_protocol_args``: sizes positive; ``--background-threshold`` a foreground
-    confidence (a finite number in [0, 1], sigmoid or softmax alike); ``--background-scale`` finite and > 0."""
-    check_positive(args, "short_side", "window", "stride", *(["max_long_side"] if hasattr(args, "max_long_side") else []))
-    with bad_input(ValueError):
-        if getattr(args, "background_threshold", None) is not None:
-            check_fraction("--background-threshold", args.background_threshold)
-        if hasattr(args, "background_scale"):
-            check_positive_number("--background-scale", args.background_scale)
+# Python names of the protocols' fields and arguments, as their errors name them, and the flags that set them.
+_FIELDS = re.compile(r"\b(background_threshold|background_scale|background_score|background_sweep|short_side|"
+                     r"max_long_side|data_root|class_names|sweep_on|fewshot_from)\b|^(templates|synonyms|window|stride|"
+                     r"precision|limit)\b")
+
+
+@contextmanager
+def flags_of(*errors: type):
+    """Like ``bad_input``, with the Python names that the library's errors use for a protocol's fields turned
+    into the flags that set them ("background_threshold must be ..." -> "--background-threshold must be ...")."""
+    try:
+        yield
+    except errors as e:
+        message = _FIELDS.sub(lambda m: "--" + m.group(0).replace("_", "-"), one_line(e))
+        raise UsageError(message) from None
+
+
+def segmentation_protocol(args: argparse.Namespace, **fields) -> SegmentationProtocol:
+    """The ``SegmentationProtocol`` of the flags of ``add_protocol_args`` (those the parser has), checked once:
+    a bad value is a UsageError naming its flag. ``fields`` override or complete the flags."""
+    options = {k: getattr(args, k) for k in ("templates", "synonyms", "short_side", "max_long_side", "window",
+                                             "stride", "pamr", "background_threshold", "background_score",
+                                             "background_scale") if getattr(args, k, None) is not None}
+    options.update(fields)
+    with flags_of(ValueError):
+        return SegmentationProtocol.of(**options)
 
 
 def check_output(path, folder: bool = False):
@@ -204,13 +223,12 @@ def read_labels(args: argparse.Namespace) -> Optional[List[str]]:
 
 
 def check_checkpoint(args: argparse.Namespace):
-    """Fail early (before data is read) on a checkpoint reference that cannot be resolved."""
-    from ..loading import resolve_checkpoint
-    resolve_checkpoint(args.model, args.checkpoint)
+    """Fail early (before data is read) on a checkpoint reference that names nothing (nothing is read)."""
+    checkpoint_spec(args.model, args.checkpoint)
 
 
 def device(args: argparse.Namespace):
-    """The one device resolver (``loading.resolve_device``, whose messages start with "device") with usage
+    """The one device resolver (``weights.build.resolve_device``, whose messages start with "device") with usage
     errors naming the flag: ``--device meta holds no data ...``."""
     try:
         return resolve_device(args.device)
@@ -221,7 +239,7 @@ def device(args: argparse.Namespace):
 def load(args: argparse.Namespace, torch_device, precision: Optional[str] = None):
     """``open_clip_simzss.load_model`` from ``--model``/``--checkpoint``; warns about random weights.
     Returns (model, tokenizer)."""
-    from ..loading import load_model, load_tokenizer
+    from ..weights.load import load_model, load_tokenizer
     model, _ = load_model(args.model, args.checkpoint, device=torch_device,
                           precision=precision or getattr(args, "precision", "fp32"))
     if model.source.random_weights:

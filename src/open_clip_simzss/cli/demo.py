@@ -1,13 +1,12 @@
 """``simzss-demo``: SimZSS vs LiT end to end on synthetic scenes, on a CPU (README, "The demo"), and the paper's
 ablations on the same bench with ``--study`` (docs/studies.md)."""
 import argparse
-import sys
 
-from ..demo import BenchMismatchError
-from ..demo import __doc__ as DEMO_DOC
-from ..demo import run_demo
 from ..extras import require_train_extra
-from ..studies import STUDIES, run_studies
+from ..workflows.demo import BenchMismatchError
+from ..workflows.demo import __doc__ as DEMO_DOC
+from ..workflows.demo import run_demo
+from ..workflows.studies import STUDIES, run_studies
 from . import common
 
 
@@ -42,6 +41,3 @@ def demo(args) -> int:
 def main(argv=None) -> int:
     return common.run(build_parser(), demo, argv, input_errors=(BenchMismatchError,))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

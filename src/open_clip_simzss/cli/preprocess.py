@@ -1,10 +1,9 @@
 """``simzss-preprocess``: add ``concepts.json`` (SimZSS concepts) to img2dataset WebDataset shards; see
-``open_clip_simzss.preprocess``. Exit status: 0 ok, 2 bad input, 1 when a shard could not be read."""
-import sys
-
-from ..concepts import DEFAULT_SPACY_MODEL, ConceptBankError, SpacyModelNotFoundError
+``open_clip_simzss.concepts.preprocess``. Exit status: 0 ok, 2 bad input, 1 when a shard could not be read."""
+from ..concepts.bank import ConceptBankError
+from ..concepts.preprocess import PreprocessError, preprocess_shards
+from ..concepts.spacy_model import DEFAULT_SPACY_MODEL, SpacyModelNotFoundError
 from ..extras import require_train_extra
-from ..preprocess import PreprocessError, preprocess_shards
 from . import common
 
 
@@ -37,6 +36,3 @@ def preprocess(args) -> int:
 def main(argv=None) -> int:
     return common.run(build_parser(), preprocess, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,8 @@
 
     simzss-segment --checkpoint simzss-coco --image photo.jpg more/ --labels "cat, grass, sky" --output out
 
-writes per image ``<name>_labels.png``, ``<name>_overlay.png`` and ``<name>.json`` (``segment.write_outputs``),
+writes per image ``<name>_labels.png``, ``<name>_overlay.png`` and ``<name>.json``
+(``segmentation.segmenter.write_outputs``),
 each atomically; ``--output`` is checked before the model is loaded.
 Exit status: 0 ok, 2 bad input, 1 when some images could not be read or a result could not be written.
 """
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..images import ImageError, collect_images, output_stems
-from ..segment import Segmenter, write_outputs
+from ..segmentation.segmenter import Segmenter, write_outputs
 from ..validation import check_fraction
 from . import common
 
@@ -34,17 +35,14 @@ def segment(args) -> int:
     labels = common.read_labels(args)
     with common.bad_input(ImageError):
         images = collect_images(args.image)
-    common.check_protocol(args)
+    protocol = common.segmentation_protocol(args)
     with common.bad_input(ValueError):
         check_fraction("--alpha", args.alpha)
     common.check_output(args.output, folder=True)
     common.check_checkpoint(args)
     device = common.device(args)
     model, tokenizer = common.load(args, device)
-    segmenter = Segmenter(model, tokenizer, templates=args.templates, background_threshold=args.background_threshold,
-                          background_score=args.background_score, background_scale=args.background_scale,
-                          pamr=args.pamr, short_side=args.short_side, window=args.window, stride=args.stride,
-                          device=device)
+    segmenter = Segmenter(model, tokenizer, protocol, device=device)
     with common.bad_input(ValueError):
         segmenter.classifier(labels)  # encode the labels once, and fail early on a bad label set
     out_dir = Path(args.output)
@@ -73,6 +71,3 @@ def segment(args) -> int:
 def main(argv=None) -> int:
     return common.run(build_parser(), segment, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """``simzss-visualize``: PCA pictures of dense features at several input scales (paper Fig. 1) and per-label
-similarity heat maps (paper Fig. 3); see ``open_clip_simzss.visualize``.
+similarity heat maps (paper Fig. 3); see ``open_clip_simzss.segmentation.pictures``.
 
 Pictures are written atomically; ``--output`` is checked before the model is loaded.
 Exit status: 0 ok, 2 bad input, 1 when some images could not be read or a picture could not be written.
@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from ..images import ImageError, collect_images, load_image, output_stems
-from ..segment import Segmenter
+from ..segmentation.pictures import feature_pyramid, pca_figure, pca_panels, similarity_figure
+from ..segmentation.segmenter import Segmenter
 from ..validation import check_positive
-from ..visualize import feature_pyramid, pca_figure, pca_panels, similarity_figure
 from . import common
 
 
@@ -39,7 +39,7 @@ def visualize(args) -> int:
         for scale in args.scales:
             check_positive("--scales", scale)
     common.check_positive(args, "base_size", "max_tokens")
-    common.check_protocol(args)
+    protocol = common.segmentation_protocol(args)
     labels = common.read_labels(args)
     with common.bad_input(ImageError):
         images = collect_images(args.image)
@@ -49,8 +49,7 @@ def visualize(args) -> int:
     model, tokenizer = common.load(args, device)
     segmenter = None
     if labels:
-        segmenter = Segmenter(model, tokenizer, templates=args.templates, short_side=args.short_side,
-                              window=args.window, stride=args.stride, pamr=args.pamr, device=device)
+        segmenter = Segmenter(model, tokenizer, protocol, device=device)
         with common.bad_input(ValueError):
             segmenter.classifier(labels)  # encode the labels now: a bad label set fails here
     cfg = open_clip.get_model_preprocess_cfg(model)
@@ -82,6 +81,3 @@ def visualize(args) -> int:
 def main(argv=None) -> int:
     return common.run(build_parser(), visualize, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

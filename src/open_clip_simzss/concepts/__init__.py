@@ -1,0 +1,12 @@
+"""Concepts in captions (README, "Concepts in captions"): what SimZSS's concept loss learns from.
+
+``bank`` (the concept bank and stable ids), ``extract`` (the extraction rule: spaCy noun chunks kept by the bank),
+``align`` (concepts in OpenCLIP's token positions), ``spacy_model`` (loading a pipeline), ``provenance`` (what
+made a stored record), ``shards`` (reading img2dataset tar shards) and ``preprocess`` (``simzss-preprocess``:
+concepts into shards). May import the package's utilities (``extras``, ``atomic``, ``images``), OpenCLIP's
+tokenizer and spaCy; nothing from the model, the segmentation or the layers above.
+"""
+from .align import Concept, align_concepts
+from .bank import ConceptBank, ConceptBankError
+from .extract import ConceptExtractor, clean_caption
+from .spacy_model import SpacyModelNotFoundError, load_spacy_model
