@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 import open_clip_simzss
 from open_clip_simzss.loss import SimZSSLoss, total_loss
 
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
+
 WORLD = 2
 BATCH = 6
 CAPTIONS = [
@@ -48,23 +50,30 @@ def loss_and_grads(batch, variant, **loss_kwargs):
     return loss.detach(), losses["concept_loss"].detach(), grads
 
 
-def _worker(rank, port, variant, local_loss, out_path):
+CASES = [("paper", False), ("paper", True), ("release", False), ("release", True)]
+
+
+def _worker(rank, port, out_path):
+    """Every case in one pair of processes (each process start imports torch again: seconds)."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         half = BATCH // WORLD
-        loss, concept, grads = loss_and_grads(
-            make_batch(rank * half, (rank + 1) * half), variant,
-            local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=WORLD,
-        )
-        # what DDP does: average the gradients (and, for the log, the losses) over ranks
-        for g in grads.values():
-            dist.all_reduce(g)
-            g /= WORLD
-        for t in (loss, concept):
-            dist.all_reduce(t)
-            t /= WORLD
+        results = {}
+        for variant, local_loss in CASES:
+            loss, concept, grads = loss_and_grads(
+                make_batch(rank * half, (rank + 1) * half), variant,
+                local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=WORLD,
+            )
+            # what DDP does: average the gradients (and, for the log, the losses) over ranks
+            for g in grads.values():
+                dist.all_reduce(g)
+                g /= WORLD
+            for t in (loss, concept):
+                dist.all_reduce(t)
+                t /= WORLD
+            results[f"{variant}-{local_loss}"] = {"loss": loss, "concept": concept, "grads": grads}
         if rank == 0:
-            torch.save({"loss": loss, "concept": concept, "grads": grads}, out_path)
+            torch.save(results, out_path)
     finally:
         dist.destroy_process_group()
 
@@ -75,14 +84,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("variant,local_loss", [("paper", False), ("paper", True), ("release", False),
-                                                ("release", True)])
-def test_two_processes_equal_one(tmp_path, variant, local_loss):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Rank 0's DDP-averaged results of every case, from 2 gloo processes holding half of the batch each."""
+    out_path = tmp_path_factory.mktemp("distributed") / "rank0.pt"
+    mp.spawn(_worker, args=(_free_port(), str(out_path)), nprocs=WORLD, join=True)
+    return torch.load(out_path, weights_only=True)
+
+
+@pytest.mark.parametrize("variant,local_loss", CASES)
+def test_two_processes_equal_one(two_processes, variant, local_loss):
     loss, concept, grads = loss_and_grads(make_batch(), variant)
     assert concept.item() > 0
-    out_path = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), variant, local_loss, str(out_path)), nprocs=WORLD, join=True)
-    result = torch.load(out_path, weights_only=True)
+    result = two_processes[f"{variant}-{local_loss}"]
     assert result["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
     assert result["concept"].item() == pytest.approx(concept.item(), abs=1e-5)
     assert result["grads"].keys() == grads.keys()

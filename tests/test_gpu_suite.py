@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
+
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "benchmarks" / "gpu_suite.py"
 PEAK = 0.25  # TFLOP/s passed to the smoke run, so that its FLOP utilisation is computed

@@ -174,6 +174,7 @@ def _distributed_worker(rank, port, out_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_the_distributed_loss_has_its_two_syncs(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -386,12 +386,10 @@ def test_download_builds_shuffled_caption_rows(stubs, tmp_path):
     assert (out / "metadata" / "train2017.jsonl").read_text() == before
 
 
-def test_train_coco_really_trains_simzss_tiny(stubs, tmp_path):
+@pytest.mark.slow
+def test_train_coco_really_trains_simzss_tiny(stubs, tmp_path, annotated_shards):
     """The composed command end to end (one process, 2 steps of simzss-tiny on CPU, concepts in the shards)."""
-    from open_clip_simzss.concepts import ConceptExtractor
-    from shards import write_shards
-    write_shards(tmp_path / "concepts", 1, 8, annotate=ConceptExtractor().annotate)
-    proc = run("scripts/train_coco.sh", stubs, "--device", "cpu", LAUNCHER="python", DATA=tmp_path / "concepts",
+    proc = run("scripts/train_coco.sh", stubs, "--device", "cpu", LAUNCHER="python", DATA=Path(annotated_shards).parent,
                MODEL="simzss-tiny", IMAGE_SIZE="", PRETRAINED_IMAGE=0, GLOBAL_BATCH=4, SAMPLES_SEEN=8, EPOCHS=1,
                WORKERS=1, PRECISION="fp32", LOGS=tmp_path / "logs", NAME="smoke", HF_HUB_OFFLINE=1,
                OMP_NUM_THREADS=1, PYTHON=sys.executable)

@@ -22,9 +22,9 @@ from packaging.requirements import Requirement
 from PIL import Image
 from skimage import data
 
-from shards import write_shards
+from tests.helpers.shards import write_shards
 
-pytestmark = pytest.mark.wheel
+pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"

@@ -22,8 +22,10 @@ from .resolve import ModelSource, clean_model_config
 
 # Local weights for the vision tower when the hub is out of reach (a timm or original DINOv2 checkpoint).
 VISION_WEIGHTS_ENV = "SIMZSS_VISION_WEIGHTS"
-# OpenCLIP's precision names: the dtype the model's weights are held in (``create_model(precision=...)``).
+# OpenCLIP's precision names: the dtype the model's weights are held in (``create_model(precision=...)``); the
+# trainer's autocast ones (``python -m training.main --precision amp``) keep the weights in fp32.
 MODEL_PRECISIONS = ("fp32", "bf16", "fp16", "pure_bf16", "pure_fp16")
+AUTOCAST_PRECISIONS = ("amp", "amp_bf16", "amp_bfloat16")
 
 
 def resolve_device(name: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -64,9 +66,17 @@ def model_structure(model_cfg: dict) -> Dict[str, Tuple[int, ...]]:
     return shapes(model.state_dict())
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of OpenCLIP's names; ValueError (one line) otherwise."""
+    if precision not in MODEL_PRECISIONS + AUTOCAST_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(MODEL_PRECISIONS + AUTOCAST_PRECISIONS)}, "
+                         f"got {precision!r}")
+    return precision
+
+
 def _set_device_and_precision(model: torch.nn.Module, device, precision: str):
-    """OpenCLIP's precisions: the ``MODEL_PRECISIONS`` cast the weights; fp32 and the autocast ones (``amp``,
-    ``amp_bf16``: the trainer's) keep them in fp32."""
+    """OpenCLIP's precisions: the ``MODEL_PRECISIONS`` but fp32 cast the weights; fp32 and the autocast ones keep
+    them in fp32."""
     if precision not in ("fp16", "bf16", "pure_fp16", "pure_bf16"):
         model.to(device=device)
         return
@@ -142,6 +152,7 @@ def build_model(
         model_kwargs: more SimZSS constructor arguments (``output_dict``, ``simzss_variant``).
     """
     what = what or source.spec
+    check_precision(precision)
     weights = source.weights if load_weights_file else None
     cfg = _model_config(source, weights is not None, pretrained_image, pretrained_image_path, force_image_size,
                         force_context_length, model_kwargs)

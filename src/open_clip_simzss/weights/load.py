@@ -8,7 +8,7 @@ from typing import Callable, Optional, Tuple, Union
 import open_clip
 import torch
 
-from .build import build_checked, image_transforms, resolve_device
+from .build import build_checked, check_precision, image_transforms, resolve_device
 from .read import CheckpointError, one_line
 from .resolve import ModelSource, resolve
 
@@ -30,11 +30,12 @@ def load_model(model: Optional[str] = None, checkpoint: Optional[str] = None,
         device: default CUDA when available, else CPU.
         precision: OpenCLIP's precision names (``fp32``, ``bf16``, ``fp16``, ``pure_bf16``, ``pure_fp16``).
     """
-    source = resolve(model, checkpoint, cache_dir)
     try:
+        check_precision(precision)
         device = resolve_device(device)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
+    source = resolve(model, checkpoint, cache_dir)
     net = build_checked(source, device=device, precision=precision, cache_dir=cache_dir, what=model or source.spec)
     net.eval()
     return net, image_transforms(net)[1]

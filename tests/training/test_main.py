@@ -9,26 +9,22 @@ import pytest
 import torch
 import webdataset as wds
 
-from open_clip_simzss.concepts import ConceptExtractor
 from training.data import SampleDecoder
-from shards import write_shards
+from tests.helpers.shards import write_shards
 from training.main import cli
+
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
 
 BATCH = 8
 NO_AUG = ["--aug-cfg", "scale=(1.0, 1.0)"]  # square images: the random resized crop is the whole image
 
 
 @pytest.fixture(scope="module")
-def extractor():
-    return ConceptExtractor()
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, extractor):
+def shards(tmp_path_factory, extractor, annotated_shards):
     """2 shards x 8 samples, concepts preprocessed, plus a variant with a corrupt image."""
     root = tmp_path_factory.mktemp("shards")
     return {
-        "clean": write_shards(root / "clean", 2, BATCH, annotate=extractor.annotate),
+        "clean": annotated_shards,
         "raw": write_shards(root / "raw", 2, BATCH),
         "one": write_shards(root / "one", 1, BATCH, annotate=extractor.annotate),
         # format version 1 (no provenance), with three bad rows per sample: past the end of text, negative id,

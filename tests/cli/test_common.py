@@ -65,6 +65,7 @@ def test_missing_extra_is_one_line():
     require_train_extra("training", ("torch",))  # installed: nothing to say
 
 
+@pytest.mark.slow
 def test_core_paths_do_not_import_the_train_extra():
     """``import open_clip_simzss``, building a model and the segmentation commands never import spaCy or
     WebDataset (a fresh interpreter: this test process has imported them already)."""

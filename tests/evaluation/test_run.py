@@ -16,24 +16,18 @@ from open_clip_simzss.segmentation.classifier import build_text_classifier
 from open_clip_simzss.segmentation.engine import SlidingWindowEngine
 from open_clip_simzss.segmentation.protocol import SegmentationProtocol
 
-from test_datasets import write_benchmarks
 
 FAST = ["--short-side", "32", "--window", "32", "--stride", "16", "--templates", "photo1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_benchmarks(tmp_path_factory.mktemp("bench"))
+def data_root(benchmark_root):
+    return benchmark_root
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import open_clip_simzss
-    torch.manual_seed(123)
-    model = open_clip_simzss.create_model("simzss-tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(model.state_dict(), path)
-    return path, model
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def library_segmenter(model, tokenizer, class_names, **options):
@@ -219,6 +213,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "open_clip_simzss", "evaluate", "--dataset", "voc20", "--data-root",

@@ -19,7 +19,7 @@ from open_clip_simzss.concepts.provenance import EXTRACTOR_VERSION, make_provena
 from open_clip_simzss.concepts.spacy_model import SpacyModelNotFoundError, load_spacy_model, spacy_model_identity
 
 # The authors' bank (data from the authors' reference code), copied into the project
-REFERENCE_BANK = pathlib.Path(__file__).resolve().parent / "data" / "reference_concept_bank_574.txt"
+REFERENCE_BANK = pathlib.Path(__file__).resolve().parents[1] / "data" / "reference_concept_bank_574.txt"
 DEFAULT_BANK_SIZE = 278
 
 

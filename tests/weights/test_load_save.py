@@ -148,6 +148,9 @@ def test_load_model_refuses_other_models(tiny, tiny_folder, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a model folder"):
         load_model(checkpoint=str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="precision must be one of fp32, bf16") as e:
+        load_model("simzss-tiny", precision="amp_bf17")  # before anything is resolved or built
+    assert "\n" not in str(e.value)
 
 
 class _Pickled:  # not a tensor: torch.load(weights_only=True) must refuse it

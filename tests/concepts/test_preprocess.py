@@ -172,6 +172,7 @@ def test_records_and_stats_carry_the_provenance_of_the_bank_file(input_dir, tmp_
     assert _stats(output_dir)["provenance"] == expected
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_shards_and_redoes_unfinished_ones(input_dir, tmp_path):
     output_dir = tmp_path / "out"
     assert _run(input_dir, output_dir) == 0
@@ -200,6 +201,7 @@ def test_resume_skips_finished_shards_and_redoes_unfinished_ones(input_dir, tmp_
     assert not leftover.exists() and live.read_bytes() == b"another run's shard"
 
 
+@pytest.mark.slow
 def test_two_workers_write_the_same_shards(input_dir, tmp_path):
     assert _run(input_dir, tmp_path / "one") == 0
     assert main(["--input", f"{input_dir}/*.tar", "--output", str(tmp_path / "two"), "--workers", "2"]) == 0
@@ -208,6 +210,7 @@ def test_two_workers_write_the_same_shards(input_dir, tmp_path):
     assert _stats(tmp_path / "two")["this_run"]["workers"] == 2
 
 
+@pytest.mark.slow
 def test_slurm_array_task_takes_its_share(input_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "8")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "7")
@@ -222,6 +225,7 @@ def test_slurm_array_task_takes_its_share(input_dir, tmp_path, monkeypatch):
     assert sorted(p.name for p in output_dir.glob("*.tar")) == ["00000.tar", "00001.tar"]
 
 
+@pytest.mark.slow
 def test_truncated_shard_fails_alone_and_leaves_no_output(input_dir, tmp_path, capsys):
     data = (input_dir / "00000.tar").read_bytes()
     (input_dir / "00000.tar").write_bytes(data[:1500])  # cut inside the first image
@@ -259,6 +263,7 @@ def test_bad_input_is_one_error_line(input_dir, tmp_path):
     assert "overwrite" in _error_of(["--input", shards, "--output", str(input_dir)])
 
 
+@pytest.mark.slow
 def test_cli_error_exit_code_and_single_stderr_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "open_clip_simzss", "preprocess", "--input", f"{tmp_path}/*.tar",

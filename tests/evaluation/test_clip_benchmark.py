@@ -263,6 +263,7 @@ def test_merge_bad_input(tmp_path, capsys):
     assert cb_main([]) == 2 and cb_main(["frobnicate"]) == 2
 
 
+@pytest.mark.slow
 def test_module_entry_point_exit_status(tmp_path):
     """The real ``python -m`` entry: non-zero exit and a single line on stderr, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "open_clip_simzss", "clip-benchmark", "merge", f"A={tmp_path}/nope",

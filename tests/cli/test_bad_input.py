@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from shards import write_shards
-from test_datasets import write_voc
+from tests.helpers.shards import write_shards
+from tests.helpers.benchmarks import write_voc
 
 COMMANDS = {"segment": "open_clip_simzss.cli.segment", "visualize": "open_clip_simzss.cli.visualize",
             "evaluate": "open_clip_simzss.cli.evaluate", "preprocess": "open_clip_simzss.cli.preprocess",

@@ -5,19 +5,20 @@ import torch
 import webdataset as wds
 
 import open_clip_simzss
-from open_clip_simzss.concepts import ConceptExtractor
 from training.data import SampleDecoder
 from open_clip_simzss.weights.identity import tower_fingerprint
 from training.feature_cache import FeatureCache
 from open_clip_simzss.loss import SimZSSLoss
-from shards import write_shards
+from tests.helpers.shards import write_shards
 from training.main import cli
+
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, extractor):
     root = tmp_path_factory.mktemp("cache")
-    pattern = write_shards(root / "shards", 2, 6, annotate=ConceptExtractor().annotate, corrupt_keys={"000000004"})
+    pattern = write_shards(root / "shards", 2, 6, annotate=extractor.annotate, corrupt_keys={"000000004"})
     torch.manual_seed(0)
     model, _, preprocess_val = open_clip_simzss.create_model_and_transforms("simzss-tiny")
     return root, pattern, model, preprocess_val

@@ -3,16 +3,18 @@ give the JSON of 1 process, an interrupted run resumes to the JSON of an uninter
 of other settings are refused."""
 import json
 import os
-import socket
+import subprocess
+import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from open_clip_simzss.workflows import synthetic
 from open_clip_simzss.cli import evaluate
 from open_clip_simzss.evaluation.state import PartialState, state_folder
 from open_clip_simzss.evaluation.metrics import IoUAccumulator, ThresholdSweep
+
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
 
 IMAGES = 5  # shards of 2 images: 3 shards, split 2 + 1 between 2 ranks
 
@@ -31,12 +33,8 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import open_clip_simzss
-    torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(open_clip_simzss.create_model("simzss-tiny").state_dict(), path)
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint[0]
 
 
 def argv(folders, checkpoint, output, *extra):
@@ -66,24 +64,16 @@ def reference(folders, checkpoint, tmp_path_factory):
     return out
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank, world, port, args):
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
-    torch.set_num_threads(1)
-    code = evaluate.main(args)
-    if code != 0:
-        raise SystemExit(code)
-
-
 def test_two_processes_give_the_json_of_one(folders, checkpoint, reference, tmp_path):
+    """``torchrun --nproc_per_node 2 -m open_clip_simzss evaluate ...`` (docs/evaluation.md, "Many GPUs"), as
+    users start it: 2 gloo processes split the images, and rank 0 writes the JSON a single process writes."""
     out = tmp_path / "results.json"
-    mp.spawn(_rank, args=(2, _free_port(), argv(folders, checkpoint, out)), nprocs=2, join=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    # "--" ends torchrun's own options (torch 2.14's torchrun would take "--logs..." flags for its own)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "--", "open_clip_simzss", "evaluate", *argv(folders, checkpoint, out)],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(out.read_text())["world_size"] == 2
     assert comparable(out) == comparable(reference)  # per-class IoU, every sweep threshold, the selection
 

@@ -27,7 +27,7 @@ from open_clip_simzss.weights.dvt import load_denoiser_weights
 from open_clip_simzss.weights.resolve import resolve_spec
 from open_clip_simzss.model import SimZSS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_TRUNK = dict(model_name="vit_tiny_patch16_224", patch_size=8, img_size=112, depth=6)
 
 
@@ -326,6 +326,7 @@ def test_denoiser_without_weights_is_refused(tmp_path, monkeypatch):
     assert open_clip_simzss.create_model(tiny_dvt_folder(tmp_path / "none"), load_weights=False).visual.denoiser
 
 
+@pytest.mark.slow
 def test_simzss_vitb14_dvt_takes_the_released_file_structure(tmp_path):
     """The shipped config at its real size: DVT's ViT-B/14 file has pos_embed [1, 37 * 37, 768]."""
     cfg = resolve_spec("simzss-vitb14-dvt").model_cfg

@@ -23,17 +23,17 @@ from open_clip_simzss.workflows import app as web
 from open_clip_simzss.workflows import synthetic
 from open_clip_simzss.cli.app import main
 
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
+
 CHROMIUM = "/usr/bin/chromium"
 ENABLE = ("apt-get install -y chromium && pip install 'open_clip_simzss[app]' playwright")
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory) -> web.EmbeddedModel:
-    """The demo's quick SimZSS model, trained once per session through the app's own default path."""
-    if importlib.util.find_spec("spacy") is None:
-        pytest.skip("training the demo model needs the [train] extra: pip install 'open_clip_simzss[train]'")
-    # the cache tests/test_notebook.py's kernel finds through XDG_CACHE_HOME: the model is trained once per session
-    cache = tmp_path_factory.getbasetemp() / "xdg" / "open_clip_simzss"
+def demo_model(quick_demo) -> web.EmbeddedModel:
+    """The demo's quick SimZSS model (the session's quick demo, tests/conftest.py), found through the app's own
+    default path: without a demo output folder, the model cached in the user's cache folder."""
+    cache = quick_demo.parent  # $XDG_CACHE_HOME/open_clip_simzss
     return web.embedded_model(demo_output=cache / "no-demo-here", cache_dir=cache, log=lambda line: None)
 
 
@@ -208,4 +208,4 @@ def test_browser_segments_a_scene_and_recovers_from_an_error(server, tmp_path, r
         finally:
             browser.close()
     if os.environ.get("SIMZSS_UPDATE_SCREENSHOT"):
-        shutil.copy(screenshot, Path(__file__).parents[1] / "docs" / "app.png")
+        shutil.copy(screenshot, Path(__file__).parents[2] / "docs" / "app.png")

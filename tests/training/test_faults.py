@@ -11,23 +11,23 @@ import pytest
 import torch
 
 from open_clip_simzss.cli.preprocess import main as preprocess_main
-from open_clip_simzss.concepts import ConceptExtractor
 from training.data import collate_concepts, concepts_to_rows
 from open_clip_simzss.loss import SimZSSLoss
 from open_clip_simzss.validation import check_number
-from shards import write_shards
+from tests.helpers.shards import write_shards
 from training.main import cli
+
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
 
 BATCH = 4
 NO_AUG = ["--aug-cfg", "scale=(1.0, 1.0)"]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def shards(tmp_path_factory, annotated_shards):
     root = tmp_path_factory.mktemp("shards")
-    extractor = ConceptExtractor()
     return {
-        "clean": write_shards(root / "clean", 2, BATCH, annotate=extractor.annotate),
+        "clean": annotated_shards,
         "small": write_shards(root / "small", 1, BATCH),  # fewer samples than 2 x BATCH
         "corrupt": write_shards(root / "corrupt", 1, 12, corrupt_keys={f"{i:09d}" for i in range(12)}),
         "root": root,

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "quickstart.ipynb"
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
+
+NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "quickstart.ipynb"
 
 
 def test_notebook_is_stored_without_outputs():
@@ -16,16 +18,16 @@ def test_notebook_is_stored_without_outputs():
     assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
 
 
-def test_quickstart_notebook_runs_top_to_bottom(tmp_path, tmp_path_factory, monkeypatch):
-    for module, extra in (("nbclient", "dev"), ("ipykernel", "dev"), ("spacy", "train")):
+def test_quickstart_notebook_runs_top_to_bottom(tmp_path, xdg_cache, quick_demo, monkeypatch):
+    for module, extra in (("nbclient", "dev"), ("ipykernel", "dev")):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"the notebook test needs {module}: pip install 'open_clip_simzss[{extra}]'")
     import nbformat
     from nbclient import NotebookClient
 
-    # The kernel inherits this environment: the demo's quick model is trained (or found) in the session's cache,
-    # the one tests/test_app.py uses, never in the user's.
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg"))
+    # The kernel inherits this environment: it finds the demo's quick model in the session's cache
+    # (tests/conftest.py, quick_demo), the one the app tests use, never in the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg_cache))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",

@@ -8,13 +8,15 @@ import pytest
 from open_clip_simzss.cli.demo import main
 from open_clip_simzss.workflows.studies import STUDIES, paired_difference, t_quantile, verdict
 
+pytestmark = pytest.mark.slow  # processes, training or installs (make test-fast leaves it out)
+
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    assert main(["--quick", "--output", str(out)]) == 0
-    assert main(["--quick", "--study", *STUDIES, "--output", str(out)]) == 0
-    return out
+def bench(quick_demo):
+    """The session's quick demo (tests/conftest.py), rerun here (its runs are reused), then every study on it."""
+    assert main(["--quick", "--output", str(quick_demo)]) == 0
+    assert main(["--quick", "--study", *STUDIES, "--output", str(quick_demo)]) == 0
+    return quick_demo
 
 
 def test_quick_demo_writes_every_report_file(bench):
