@@ -16,7 +16,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from open_clip_simzss.concepts import ConceptExtractor  # noqa: E402
+from open_clip_simzss.concepts.extract import ConceptExtractor  # noqa: E402
 
 SUBJECTS = ["a man", "a woman", "a young boy", "a little girl", "two people", "a group of people", "a dog",
             "two dogs", "a cat", "a black cat", "three zebras", "a giraffe", "an elephant", "a herd of sheep",

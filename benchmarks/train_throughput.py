@@ -73,7 +73,7 @@ def jpeg(rng, height=256, width=320):
 
 def write_shards(folder: Path, num_samples: int, num_shards: int, seed: int = 0) -> str:
     """img2dataset-style shards (jpg, txt, json) with ``concepts.json`` from the project's extractor."""
-    from open_clip_simzss.concepts import ConceptExtractor
+    from open_clip_simzss.concepts.extract import ConceptExtractor
     extractor = ConceptExtractor()
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)

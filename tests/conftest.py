@@ -61,7 +61,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
 def extractor():
     """The default concept extractor (en_core_web_sm, the project's bank): loading spaCy takes seconds."""
     needs_train_extra()
-    from open_clip_simzss.concepts import ConceptExtractor
+    from open_clip_simzss.concepts.extract import ConceptExtractor
     return ConceptExtractor()
 
 

@@ -137,7 +137,7 @@ def test_commands_that_need_train_say_so(venv, wheel, tmp_path):
 
 CORE_USE = """
 import sys, open_clip, open_clip_simzss
-from open_clip_simzss.concepts import ConceptBank
+from open_clip_simzss.concepts.bank import ConceptBank
 from open_clip_simzss.evaluation.datasets import load_class_names
 from open_clip_simzss.segmentation.segmenter import Segmenter
 assert open_clip_simzss.__file__.startswith(sys.argv[2]), open_clip_simzss.__file__  # the wheel, not the checkout

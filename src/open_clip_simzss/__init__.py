@@ -19,7 +19,9 @@ from .loss import SimZSSLoss, concept_classification_loss, pool_visual_concepts,
 from .model import SimZSS, pool_text_concepts, text_concepts
 from .model_configs import list_models, register_model_configs
 from .version import __version__
-from .weights import CheckpointError, ModelSource, load_model, load_tokenizer
+from .weights.load import load_model, load_tokenizer
+from .weights.read import CheckpointError
+from .weights.resolve import ModelSource
 
 # Imported on first use: keeps ``import open_clip_simzss`` light (segmentation, evaluation and model folders are
 # not needed to build or train a model).

@@ -306,7 +306,7 @@ def test_segmenters_refuse_bad_background_arguments(kwargs, message, tiny_model,
 
 
 def test_bank_files_skip_blank_lines_and_refuse_empty_entries(tmp_path):
-    from open_clip_simzss.concepts import ConceptBank, ConceptBankError
+    from open_clip_simzss.concepts.bank import ConceptBank, ConceptBankError
     (tmp_path / "spaced.txt").write_text("cat\n\n   \n# a comment\r\nsky\r\n", encoding="utf-8")
     spaced = ConceptBank.from_file(tmp_path / "spaced.txt")
     assert spaced.names == ["cat", "sky"] and spaced.sha256 == ConceptBank(["cat", "sky"]).sha256

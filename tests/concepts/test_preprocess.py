@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from open_clip_simzss.concepts import ConceptExtractor
+from open_clip_simzss.concepts.extract import ConceptExtractor
 from open_clip_simzss.concepts.provenance import EXTRACTOR_VERSION
 from open_clip_simzss.cli.preprocess import main
 from open_clip_simzss.concepts.shards import split_member_name

@@ -103,6 +103,14 @@ def test_huge_image_and_background_label_are_refused(segment_app, tmp_path, monk
         segment_app.segment(str(tmp_path / "scene.png"), labels + ", background", background=True)
     result = segment_app.segment(str(tmp_path / "scene.png"), labels, background=True, threshold=0.0)
     assert result.labels[0] == "background" and result.pixels[0] == 0  # threshold 0: nothing is background
+    requests = set(segment_app.requests_dir.iterdir())
+    for options, message in ((dict(threshold=1.5), "The background threshold must be a finite number >= 0 and <= 1"),
+                             (dict(threshold=float("nan")), "The background threshold must be a finite number"),
+                             (dict(background_score="logit"), "The background score must be one of sigmoid")):
+        with pytest.raises(web.InputError, match=message) as error:
+            segment_app.segment(str(tmp_path / "scene.png"), labels, background=True, **options)
+        assert "\n" not in str(error.value) and str(error.value).endswith(".")
+    assert set(segment_app.requests_dir.iterdir()) == requests  # refused before any work
 
 
 def test_labels_file_is_read_with_comments(segment_app, tmp_path):

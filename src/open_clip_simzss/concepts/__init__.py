@@ -5,8 +5,6 @@
 made a stored record), ``shards`` (reading img2dataset tar shards) and ``preprocess`` (``simzss-preprocess``:
 concepts into shards). May import the package's utilities (``extras``, ``atomic``, ``images``), OpenCLIP's
 tokenizer and spaCy; nothing from the model, the segmentation or the layers above.
+This ``__init__`` imports nothing: import a module from where it lives (the package face, ``open_clip_simzss``,
+re-exports the public names).
 """
-from .align import Concept, align_concepts
-from .bank import ConceptBank, ConceptBankError
-from .extract import ConceptExtractor, clean_caption
-from .spacy_model import SpacyModelNotFoundError, load_spacy_model

@@ -158,7 +158,7 @@ class ConceptExtractor:
                 "provenance": self.provenance}
 
     def annotate(self, caption: str) -> dict:
-        """The ``concepts.json`` record of one raw caption (what ``open_clip_simzss.preprocess`` stores)::
+        """The ``concepts.json`` record of one raw caption (what ``preprocess.py`` stores)::
 
             {"version": 2, "caption": <cleaned caption>,
              "concepts": [{"text": "tennis racket", "id": 12, "spans": [[s, e], ...], "positions": [3, 4]}],

@@ -7,8 +7,6 @@ once), ``run`` (the ``Evaluation`` that runs it, in shards shared by processes a
 ``state`` (the kept shards), ``ranks`` (the processes of a torchrun/srun evaluation), ``report`` (the paper's
 tables) and ``clip_benchmark`` (SimZSS as a clip_benchmark model type). May import ``segmentation``, ``weights``
 and the package's utilities; never the workflows, the command line or the trainer.
+This ``__init__`` imports nothing: import a module from where it lives (the package face, ``open_clip_simzss``,
+re-exports the public names).
 """
-from .datasets import get_dataset, list_datasets
-from .metrics import IoUAccumulator, ThresholdSweep
-from .protocol import EvaluationProtocol
-from .run import Evaluation, evaluate_dataset

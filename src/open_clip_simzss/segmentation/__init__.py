@@ -7,10 +7,6 @@ image's size), ``background`` (the background rule), ``classifier`` (text rows a
 conventions), ``segmenter`` (the ``Segmenter`` API: any image, any words) and ``pictures`` (overlays, PCA, heat
 maps). May import the model's interface (``encode_dense``, ``encode_text``), ``weights`` (to load a model) and the
 package's utilities; never the evaluation, the workflows or the command line.
+This ``__init__`` imports nothing: import a module from where it lives (the package face, ``open_clip_simzss``,
+re-exports the public names).
 """
-from .background import BackgroundRule
-from .classifier import Classifier, build_text_classifier
-from .engine import DensePrediction, SlidingWindowEngine
-from .fewshot import fewshot_classifier
-from .protocol import SegmentationProtocol
-from .segmenter import SegmentationResult, Segmenter

@@ -6,7 +6,6 @@ a model, its weights read once), ``load`` (``load_model``: the two together), ``
 weights), ``identity`` (a digest of a tower's outputs), ``save`` (model folders), ``authors`` (the authors'
 released checkpoints -> model folders) and ``hub`` (the Hugging Face hub). May import the model, the DVT module,
 the model configs and the package's utilities; never segmentation, evaluation, workflows or the command line.
+This ``__init__`` imports nothing: import a module from where it lives (the package face, ``open_clip_simzss``,
+re-exports the public names).
 """
-from .load import load_model, load_tokenizer
-from .read import CheckpointError
-from .resolve import ModelSource

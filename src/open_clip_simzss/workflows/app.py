@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import ImageError, load_image
-from ..segmentation.background import BACKGROUND_SCORES, DEFAULT_BACKGROUND_SCORE, BackgroundRule, default_threshold
+from ..segmentation.background import DEFAULT_BACKGROUND_SCORE, BackgroundRule, default_threshold
 from ..segmentation.labels import BACKGROUND, parse_labels
 from ..segmentation.protocol import SegmentationProtocol
 from ..segmentation.segmenter import Segmenter, write_outputs
@@ -269,25 +269,25 @@ class SegmentApp:
         from ..segmentation.pictures import feature_pyramid, pca_figure, pca_panels, similarity_figure
 
         labels = request_labels(labels_text, labels_file)
-        if background_score not in BACKGROUND_SCORES:
-            raise InputError(f"The background score must be one of {', '.join(BACKGROUND_SCORES)}.")
-        if background:
-            threshold = default_threshold(background_score) if threshold is None else float(threshold)
-            if not 0 <= threshold <= 1:
-                raise InputError("The background threshold must be between 0 and 1.")
-            if BACKGROUND in {label.lower() for label in labels}:
-                raise InputError("With background on, low-confidence pixels are background: remove the label "
-                                 "\"background\" or turn background off.")
+        try:  # the rule checks itself: "background_threshold must be ..." becomes "The background threshold ..."
+            rule = BackgroundRule(background_score)
+            if background:
+                rule = rule.with_threshold(default_threshold(rule.score) if threshold is None else threshold)
+        except ValueError as e:
+            raise InputError(f"The {str(e).replace('_', ' ')}.") from None
+        if background and BACKGROUND in {label.lower() for label in labels}:
+            raise InputError("With background on, low-confidence pixels are background: remove the label "
+                             "\"background\" or turn background off.")
         image = request_image(image_path)
         start = time.time()
         with self._lock:
-            segmenter = self.segmenter(background_score, pamr)
-            segmenter.background_threshold = threshold if background else None
+            segmenter = self.segmenter(rule.score, pamr)
+            segmenter.background_threshold = rule.threshold
             result = segmenter.segment(image, labels)
             folder = self._new_folder()
             settings = {"model": self.model.source.spec, "checkpoint": self.model.source.weights,
-                        "background_threshold": threshold if background else None,
-                        "background_score": background_score if background else None, "pamr": bool(pamr)}
+                        "background_threshold": rule.threshold,
+                        "background_score": rule.score if background else None, "pamr": bool(pamr)}
             report = write_outputs(result, folder, "segmentation", settings)
             similarity = similarity_figure(image, result.logits, result.text_labels, folder / "similarity.png")
             cfg = open_clip.get_model_preprocess_cfg(self.model)
